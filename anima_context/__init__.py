@@ -1,0 +1,29 @@
+"""AnimaFastTrain core: per-block context tokens for Anima's cross-attention.
+
+Importing this package does not import ComfyUI; only ``comfy_glue`` does.
+"""
+
+from .context import ReferenceContext
+from .errors import (
+    AnimaFastTrainError,
+    IncompatibleModelError,
+    InvalidReferenceImageError,
+    InvalidSettingError,
+    TokenOptimizationError,
+)
+from .patch import APPLY_TO_CHOICES, ContextTokenPatch
+from .trainer import TrainResult, TrainSettings, train_tokens
+
+__all__ = [
+    "APPLY_TO_CHOICES",
+    "AnimaFastTrainError",
+    "ContextTokenPatch",
+    "IncompatibleModelError",
+    "InvalidReferenceImageError",
+    "InvalidSettingError",
+    "ReferenceContext",
+    "TokenOptimizationError",
+    "TrainResult",
+    "TrainSettings",
+    "train_tokens",
+]

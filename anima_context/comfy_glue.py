@@ -1,0 +1,234 @@
+"""The only module that imports ComfyUI. It adapts ComfyUI's Anima (ModelPatcher, VAE, CLIP)
+to the plain-torch trainer and patch, the ComfyUI way: a ``model.clone()``,
+``load_models_gpu``, ``ProgressBar``, ``throw_exception_if_processing_interrupted``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+
+import torch
+
+import comfy.ldm.anima.model
+import comfy.model_management
+import comfy.quant_ops
+import comfy.utils
+
+from .context import ReferenceContext
+from .errors import IncompatibleModelError, InvalidSettingError
+from .frozen_weights import autograd_safe_weights
+from .images import prepare_references
+from .patch import ContextTokenPatch
+from .report import format_info
+from .trainer import TrainSettings, train_tokens
+
+log = logging.getLogger("AnimaFastTrain")
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def anima_geometry(model) -> tuple[int, int]:
+    """(block count, context width) of a MODEL that is ComfyUI's Anima; refuse anything else."""
+    diffusion_model = getattr(getattr(model, "model", None), "diffusion_model", None)
+    if not isinstance(diffusion_model, comfy.ldm.anima.model.Anima):
+        name = type(diffusion_model).__name__ if diffusion_model is not None else type(model).__name__
+        raise IncompatibleModelError(
+            f"the MODEL is {name}, not Anima. Load an Anima diffusion model (e.g. anima-base-v1.0.safetensors) "
+            "with UNETLoader and connect it here."
+        )
+    blocks = diffusion_model.blocks
+    return len(blocks), int(blocks[0].cross_attn.k_proj.weight.shape[1])
+
+
+def encode_references(vae, images: list[torch.Tensor], base_model) -> torch.Tensor:
+    """VAE-encode each [1, S, S, 3] image on its own (the Wan VAE reads a batch as video
+    frames) and bring it into the DiT's latent space: [R, 16, 1, S/8, S/8]."""
+    latents = [base_model.process_latent_in(vae.encode(image)) for image in images]
+    return torch.cat(latents, dim=0)
+
+
+def encode_prompt(clip, prompt: str, diffusion_model, device, dtype) -> torch.Tensor:
+    """The cross-attention context [1, 512, width]: Qwen3 states through the DiT's LLM adapter,
+    as ``model_base.Anima.extra_conds`` does while sampling. Does not depend on the tokens."""
+    cond, extras = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))[0]
+    ids = extras.get("t5xxl_ids")
+    if ids is None:
+        raise IncompatibleModelError(
+            "the CLIP did not return Anima's t5xxl_ids: load the Qwen3-0.6B text encoder "
+            "(qwen_3_06b_base.safetensors) with CLIPLoader, type stable_diffusion."
+        )
+    weights = extras.get("t5xxl_weights")
+    if weights is not None:
+        weights = weights.unsqueeze(0).unsqueeze(-1).to(device=device, dtype=dtype)
+    return diffusion_model.preprocess_text_embeds(
+        cond.to(device=device, dtype=dtype), ids.unsqueeze(0).to(device), t5xxl_weights=weights
+    )
+
+
+class ComfyAnimaDenoiser:
+    """The trainer's ``Denoiser`` over a loaded ComfyUI Anima ModelPatcher."""
+
+    def __init__(self, patcher, context: torch.Tensor, num_blocks: int, width: int):
+        self.base = patcher.model
+        self.model_sampling = patcher.get_model_object("model_sampling")
+        self.context = context
+        self.num_blocks, self.context_width = num_blocks, width
+        self.device = context.device
+
+    def sigmas(self, u: torch.Tensor) -> torch.Tensor:
+        # Training time u runs from clean (0) to noise (1); percent runs the other way.
+        return torch.tensor([float(self.model_sampling.percent_to_sigma(1.0 - float(x))) for x in u])
+
+    def add_noise(self, x0, noise, sigma):
+        return self.model_sampling.noise_scaling(sigma, noise, x0)
+
+    def velocity(self, x_t, sigma, transformer_options):
+        context = self.context.expand(x_t.shape[0], -1, -1)
+        denoised = self.base.apply_model(x_t, sigma, c_crossattn=context, transformer_options=transformer_options)
+        return (x_t - denoised) / sigma.view(-1, *([1] * (x_t.ndim - 1)))
+
+
+class _KitchenWithBackward:
+    """comfy_kitchen as ComfyUI's model code sees it, but with differentiable functions in
+    place of fused kernels that have no autograd formula."""
+
+    def __init__(self, kitchen, overrides: dict):
+        self._kitchen, self._overrides = kitchen, overrides
+
+    def __getattr__(self, name):
+        if name in self._overrides:
+            return self._overrides[name]
+        return getattr(self._kitchen, name)
+
+
+def _differentiable_kitchen_functions() -> dict:
+    """Anima's self-attention calls ``ck.rms_rope_split_half``, a custom op with no backward
+    (on every backend); comfy_kitchen's eager backend implements it in plain torch."""
+    try:
+        from comfy_kitchen.backends.eager.rope import rms_rope_split_half
+    except ImportError:  # an older or newer comfy_kitchen: use what ComfyUI uses
+        return {}
+    return {"rms_rope_split_half": rms_rope_split_half}
+
+
+@contextlib.contextmanager
+def _training_mode():
+    """Differentiable kernels and ComfyUI's training flag for the optimisation only."""
+    previous_flag = comfy.model_management.in_training
+    kitchen = getattr(comfy.quant_ops, "ck", None)
+    overrides = _differentiable_kitchen_functions() if kitchen is not None else {}
+    comfy.model_management.in_training = True
+    if overrides:
+        comfy.quant_ops.ck = _KitchenWithBackward(kitchen, overrides)
+    try:
+        yield
+    finally:
+        comfy.model_management.in_training = previous_flag
+        if overrides:
+            comfy.quant_ops.ck = kitchen
+
+
+def resolve_dtype(name: str, device: torch.device) -> tuple[torch.dtype, str]:
+    """The compute dtype asked for, or a supported one with a note saying why not."""
+    if name not in DTYPES:
+        raise InvalidSettingError(f"training_dtype must be one of {', '.join(DTYPES)}, got {name!r}.")
+    dtype = DTYPES[name]
+    if device.type == "cuda":
+        if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+            return torch.float16, "bfloat16 is not supported on this GPU: trained in float16"
+    return dtype, ""
+
+
+def train_reference_context(model, clip, vae, images: dict, prompt: str, seed: int, steps: int,
+                            learning_rate: float, image_size: int, num_tokens: int, init_std: float,
+                            dtype_name: str) -> tuple[ReferenceContext, str]:
+    """The train node's work, start to finish; the user's MODEL is never changed."""
+    started = time.perf_counter()
+    num_blocks, width = anima_geometry(model)
+    pixels, original_sizes = prepare_references(images, image_size)
+    patcher = model.clone()
+    device = patcher.load_device
+    dtype, dtype_note = resolve_dtype(dtype_name, device)
+    settings = TrainSettings(steps=steps, learning_rate=learning_rate, num_tokens=num_tokens,
+                             init_std=init_std, seed=seed, compute_dtype=dtype)
+    settings.validate()
+
+    timings = {}
+    mark = time.perf_counter()
+    latents = encode_references(vae, pixels, patcher.model)
+    timings["vae_encode"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    if patcher.model.get_dtype_inference() != dtype:
+        patcher.set_model_compute_dtype(dtype)
+    comfy.model_management.load_models_gpu([patcher], force_full_load=True)
+    text_dtype = patcher.model.get_dtype_inference()
+    context = encode_prompt(clip, prompt, patcher.model.diffusion_model, device, text_dtype)
+    timings["text_encode"] = time.perf_counter() - mark
+
+    progress = comfy.utils.ProgressBar(steps)
+
+    def on_step(step: int, loss: float | None) -> None:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        progress.update(1)
+
+    with torch.inference_mode(False), torch.enable_grad():
+        # Tensors made under inference mode may not be saved for backward: clone the inputs,
+        # alias the frozen weights (no copy), leave the user's weights as they are.
+        latents = latents.to(device=device, dtype=torch.float32).clone()
+        context = context.clone()
+        denoiser = ComfyAnimaDenoiser(patcher, context, num_blocks, width)
+        options = _patches_on_device(patcher.model_options.get("transformer_options", {}), device)
+        with autograd_safe_weights(patcher.model.diffusion_model), _training_mode():
+            result = train_tokens(denoiser, latents, settings, transformer_options=options, on_step=on_step)
+    timings.update({f"train_{k}": v for k, v in result.timings.items()})
+    timings["total"] = time.perf_counter() - started
+
+    metadata = {
+        "steps": steps,
+        "learning_rate": learning_rate,
+        "num_tokens": num_tokens,
+        "init_std": init_std,
+        "seed": seed,
+        "dtype": str(dtype).replace("torch.", ""),
+        "image_size": image_size,
+        "prompt": prompt,
+        "reference_count": len(pixels),
+        "reference_sizes": original_sizes,
+        "loss_curve": result.loss_curve,
+        "final_loss": result.final_loss,
+        "heldout_loss_without": result.baseline_loss,
+        "heldout_loss_with": result.context_loss,
+        "lift": result.lift,
+        "num_blocks": num_blocks,
+        "width": width,
+        "model": type(patcher.model.diffusion_model).__name__,
+        "seconds": timings["total"],
+    }
+    context_out = ReferenceContext(tokens=result.tokens, metadata=metadata)
+    info = format_info(context_out, result.initial_tokens, timings, notes=[dtype_note] if dtype_note else [])
+    return context_out, info
+
+
+def _patches_on_device(transformer_options: dict, device) -> dict:
+    """Other patches already on the MODEL (a previous apply node) follow it to the device,
+    as ComfyUI's sampler does before sampling."""
+    options = dict(transformer_options)
+    patches = {}
+    for name, entries in options.get("patches", {}).items():
+        patches[name] = [entry.to(device) if hasattr(entry, "to") else entry for entry in entries]
+    if patches:
+        options["patches"] = patches
+    return options
+
+
+def apply_reference_context(model, context: ReferenceContext, strength: float, apply_to: str):
+    """A clone of ``model`` whose cross-attention also attends to the context's tokens."""
+    if not isinstance(context, ReferenceContext):
+        raise InvalidSettingError(f"context must come from the Train Context Tokens node, got {type(context).__name__}.")
+    num_blocks, width = anima_geometry(model)
+    context.check_compatible(num_blocks, width)
+    patched = model.clone()
+    patched.set_model_attn2_patch(ContextTokenPatch(context.tokens, strength=strength, apply_to=apply_to))
+    return patched

@@ -1,0 +1,27 @@
+"""The errors users search for. Each message starts with a fixed phrase and says how to fix it."""
+
+
+class AnimaFastTrainError(Exception):
+    """Base class: every error this pack raises on purpose."""
+
+    phrase = "AnimaFastTrain error"
+
+    def __init__(self, detail: str):
+        super().__init__(f"{self.phrase}: {detail}")
+        self.detail = detail
+
+
+class InvalidReferenceImageError(AnimaFastTrainError, ValueError):
+    phrase = "Invalid reference image shape"
+
+
+class TokenOptimizationError(AnimaFastTrainError, RuntimeError):
+    phrase = "Token optimization failed"
+
+
+class IncompatibleModelError(AnimaFastTrainError, ValueError):
+    phrase = "Incompatible model architecture"
+
+
+class InvalidSettingError(AnimaFastTrainError, ValueError):
+    phrase = "Invalid setting"

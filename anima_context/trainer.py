@@ -1,0 +1,217 @@
+"""Optimise per-block context tokens against the flow-matching loss of a frozen denoiser.
+
+Pure torch: the denoiser is any object that follows ``Denoiser`` (ComfyUI's Anima through the
+glue module, or the small test DiT). The tokens reach the model only through
+``ContextTokenPatch``, the same patch the apply node installs for sampling.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import torch
+
+from .errors import InvalidSettingError, TokenOptimizationError
+from .patch import ContextTokenPatch
+
+
+class Denoiser(Protocol):
+    """What the trainer needs of a model. ``velocity`` must route ``transformer_options``
+    (with ``patches.attn2_patch``) to every block's cross-attention."""
+
+    num_blocks: int
+    context_width: int
+    device: torch.device
+
+    def sigmas(self, u: torch.Tensor) -> torch.Tensor:
+        """Map training time u in (0, 1) to the model's sigma (Anima: flow shift 3)."""
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """x_t for clean latents x0, noise and sigma [B]."""
+
+    def velocity(self, x_t: torch.Tensor, sigma: torch.Tensor, transformer_options: dict) -> torch.Tensor:
+        """The frozen model's velocity prediction (target: noise - x0)."""
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    steps: int
+    learning_rate: float
+    num_tokens: int
+    init_std: float
+    seed: int
+    compute_dtype: torch.dtype = torch.float32
+    draws_per_reference: int = 1
+    eval_draws_per_reference: int = 2
+    loss_readback_every: int = 10
+
+    def validate(self) -> None:
+        checks = [
+            (self.steps >= 1, f"training_steps must be at least 1, got {self.steps}"),
+            (self.num_tokens >= 1, f"num_tokens must be at least 1, got {self.num_tokens}"),
+            (math.isfinite(self.learning_rate) and self.learning_rate > 0, f"learning_rate must be above 0, got {self.learning_rate}"),
+            (math.isfinite(self.init_std) and self.init_std >= 0, f"init_std must be 0 or more, got {self.init_std}"),
+            (self.draws_per_reference >= 1, f"draws_per_reference must be at least 1, got {self.draws_per_reference}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InvalidSettingError(message + ".")
+
+
+@dataclass
+class TrainResult:
+    tokens: torch.Tensor  # [num_blocks, num_tokens, width], float32, CPU
+    initial_tokens: torch.Tensor
+    loss_curve: list[float]
+    baseline_loss: float  # held-out loss without the tokens
+    context_loss: float  # held-out loss with the trained tokens
+    seconds: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def final_loss(self) -> float:
+        return self.loss_curve[-1]
+
+    @property
+    def lift(self) -> float:
+        """Identity lift: 1 - loss(with context) / loss(without), on held-out draws."""
+        return 1.0 - self.context_loss / self.baseline_loss if self.baseline_loss > 0 else 0.0
+
+
+def stratified_uniform(count: int, generator: torch.Generator) -> torch.Tensor:
+    """``count`` draws in (0, 1), one in each of ``count`` equal strata, in random order:
+    every step sees the whole noise range, which steadies the loss."""
+    offsets = torch.rand(count, generator=generator, dtype=torch.float64)
+    u = (torch.arange(count, dtype=torch.float64) + offsets) / count
+    u = u[torch.randperm(count, generator=generator)]
+    return u.clamp(1e-4, 1 - 1e-4).float()
+
+
+def _flow_loss(denoiser: Denoiser, x0, noise, sigma, options, compute_dtype) -> torch.Tensor:
+    x_t = denoiser.add_noise(x0, noise, sigma)
+    with torch.autocast(x0.device.type, dtype=compute_dtype, enabled=compute_dtype != torch.float32):
+        prediction = denoiser.velocity(x_t, sigma, options)
+    return torch.nn.functional.mse_loss(prediction.float(), (noise - x0).float())
+
+
+def _merge_patch(transformer_options: dict | None, patch: ContextTokenPatch) -> dict:
+    options = dict(transformer_options or {})
+    patches = {name: list(entries) for name, entries in options.get("patches", {}).items()}
+    patches["attn2_patch"] = patches.get("attn2_patch", []) + [patch]
+    options["patches"] = patches
+    return options
+
+
+def heldout_losses(denoiser: Denoiser, latents: torch.Tensor, tokens: torch.Tensor, draws: int, seed: int,
+                   compute_dtype: torch.dtype, transformer_options: dict | None = None) -> tuple[float, float]:
+    """Loss without and with ``tokens`` on fixed noise and timestep draws (seeded apart from training)."""
+    generator = torch.Generator().manual_seed(seed + 0x5EED)
+    x0 = latents.repeat_interleave(draws, dim=0)
+    u = stratified_uniform(x0.shape[0], generator)
+    noise = torch.randn(x0.shape, generator=generator).to(latents.device, latents.dtype)
+    sigma = denoiser.sigmas(u).to(latents.device, latents.dtype)
+    base = dict(transformer_options or {})
+    with torch.no_grad():
+        without = _flow_loss(denoiser, x0, noise, sigma, base, compute_dtype)
+        with_tokens = _flow_loss(denoiser, x0, noise, sigma, _merge_patch(base, ContextTokenPatch(tokens)), compute_dtype)
+    return float(without), float(with_tokens)
+
+
+def train_tokens(
+    denoiser: Denoiser,
+    latents: torch.Tensor,
+    settings: TrainSettings,
+    *,
+    transformer_options: dict | None = None,
+    on_step: Callable[[int, float | None], None] | None = None,
+) -> TrainResult:
+    """Train ``settings.num_tokens`` tokens per block on ``latents`` [R, C, T, h, w].
+
+    ``on_step(step, loss_or_None)`` runs after every step (progress, cancel); the loss is
+    only read back every ``loss_readback_every`` steps so a GPU never waits on the host.
+    """
+    settings.validate()
+    started = time.perf_counter()
+    device = latents.device
+    if not bool(torch.isfinite(latents).all()):
+        raise TokenOptimizationError("the reference latents contain NaN or infinite values; check the VAE and the images.")
+
+    cpu_generator = torch.Generator().manual_seed(settings.seed)
+    shape = (denoiser.num_blocks, settings.num_tokens, denoiser.context_width)
+    initial = torch.randn(shape, generator=cpu_generator) * settings.init_std
+    tokens = torch.nn.Parameter(initial.to(device))
+    patch = ContextTokenPatch(tokens)
+    options = _merge_patch(transformer_options, patch)
+    optimizer = torch.optim.Adam([tokens], lr=settings.learning_rate, **_fused_if_possible(device))
+
+    noise_generator = torch.Generator(device=device).manual_seed(settings.seed)
+    x0 = latents.repeat_interleave(settings.draws_per_reference, dim=0)
+    batch = x0.shape[0]
+    # Every timestep of the run is drawn up front on the CPU: no host work or sync per step.
+    all_sigmas = denoiser.sigmas(
+        torch.cat([stratified_uniform(batch, cpu_generator) for _ in range(settings.steps)])
+    ).to(device=device, dtype=latents.dtype).view(settings.steps, batch)
+    losses = torch.zeros(settings.steps, device=device)
+    loss_curve: list[float] = []
+    timings = {"prepare": time.perf_counter() - started}
+    loop_started = time.perf_counter()
+    try:
+        for step in range(settings.steps):
+            noise = torch.randn(x0.shape, generator=noise_generator, device=device, dtype=x0.dtype)
+            loss = _flow_loss(denoiser, x0, noise, all_sigmas[step], options, settings.compute_dtype)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses[step] = loss.detach()
+            reported = None
+            if (step + 1) % settings.loss_readback_every == 0 or step + 1 == settings.steps:
+                first_new = len(loss_curve)
+                loss_curve.extend(losses[first_new : step + 1].tolist())
+                _raise_if_diverged(loss_curve, first_new, settings)
+                reported = loss_curve[-1]
+            if on_step is not None:
+                on_step(step, reported)
+        timings["loop"] = time.perf_counter() - loop_started
+        trained = tokens.detach().float().cpu()
+        if not bool(torch.isfinite(trained).all()):
+            raise TokenOptimizationError(
+                f"the tokens became NaN or infinite. Lower learning_rate (now {settings.learning_rate:g}) "
+                "or use training_dtype float32."
+            )
+        eval_started = time.perf_counter()
+        baseline, with_context = heldout_losses(
+            denoiser, latents, tokens.detach(), settings.eval_draws_per_reference, settings.seed,
+            settings.compute_dtype, transformer_options,
+        )
+        timings["evaluate"] = time.perf_counter() - eval_started
+    finally:
+        # Drop the optimiser state and the graph's inputs now, also on cancel or error.
+        optimizer.state.clear()
+        tokens.grad = None
+        patch.tokens = tokens.detach()
+    return TrainResult(
+        tokens=trained,
+        initial_tokens=initial,
+        loss_curve=loss_curve,
+        baseline_loss=baseline,
+        context_loss=with_context,
+        seconds=time.perf_counter() - started,
+        timings=timings,
+    )
+
+
+def _raise_if_diverged(loss_curve: list[float], first_new: int, settings: TrainSettings) -> None:
+    for index in range(first_new, len(loss_curve)):
+        value = loss_curve[index]
+        if not math.isfinite(value):
+            raise TokenOptimizationError(
+                f"the loss became {value} at step {index + 1} of {settings.steps}. Lower learning_rate "
+                f"(now {settings.learning_rate:g}) or use another training_dtype (float32 is the safest)."
+            )
+
+
+def _fused_if_possible(device: torch.device) -> dict:
+    return {"fused": True} if device.type == "cuda" else {}

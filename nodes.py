@@ -1,0 +1,118 @@
+"""ComfyUI nodes: parse inputs, call anima_context, format outputs. Nothing else lives here."""
+
+from __future__ import annotations
+
+from .anima_context.patch import APPLY_TO_CHOICES
+
+CONTEXT_TYPE = "ANIMA_REFERENCE_CONTEXT"
+CATEGORY = "AnimaFastTrain"
+DTYPE_CHOICES = ["bfloat16", "float16", "float32"]
+
+
+def _glue():
+    # ComfyUI is imported only when a node runs, so the pack's core imports without it.
+    from .anima_context import comfy_glue
+
+    return comfy_glue
+
+
+class AnimaFastTrainReferenceContext:
+    DESCRIPTION = (
+        "Trains a set of context tokens for every Anima DiT block from one to three reference images, "
+        "with the model frozen. Connect the result to 'AnimaFastTrain - Apply Context'. Nothing is written to disk."
+    )
+    CATEGORY = CATEGORY
+    FUNCTION = "train"
+    RETURN_TYPES = (CONTEXT_TYPE, "STRING")
+    RETURN_NAMES = ("AnimaReferenceContext", "info")
+    OUTPUT_TOOLTIPS = (
+        "The trained per-block tokens and their metadata, for the Apply Context node.",
+        "Steps, learning rate, loss, identity lift, token norms, references and time taken.",
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        reference_tip = "An optional further reference of the same character (a batch counts image by image)."
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The Anima diffusion model (UNETLoader). It is not changed."}),
+                "clip": ("CLIP", {"tooltip": "Anima's Qwen3-0.6B text encoder (CLIPLoader, type stable_diffusion)."}),
+                "vae": ("VAE", {"tooltip": "Anima's VAE (qwen_image_vae.safetensors), used to encode the references."}),
+                "reference_image": ("IMAGE", {"tooltip": "The character to learn. A batch counts image by image; any size."}),
+                "training_prompt": ("STRING", {
+                    "multiline": True,
+                    "default": "1girl, solo, anime illustration",
+                    "tooltip": "A prompt describing the references; the tokens learn what it leaves out.",
+                }),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
+                                 "tooltip": "Seed for the token init, the noise and the timesteps. Same seed and inputs, same tokens."}),
+                "training_steps": ("INT", {"default": 100, "min": 1, "max": 10000,
+                                           "tooltip": "Optimisation steps. More steps learn more and take longer."}),
+                "learning_rate": ("FLOAT", {"default": 0.02, "min": 0.00001, "max": 1.0, "step": 0.00001,
+                                            "tooltip": "Adam learning rate for the tokens. Lower it if training fails with NaN."}),
+                "training_image_size": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 16,
+                                                "tooltip": "References are resized and center-cropped to this square size (multiple of 16)."}),
+                "num_tokens": ("INT", {"default": 16, "min": 1, "max": 256,
+                                       "tooltip": "Context tokens per DiT block. More tokens hold more detail."}),
+                "init_std": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 10.0, "step": 0.01,
+                                       "tooltip": "Standard deviation of the random token init."}),
+                "training_dtype": (DTYPE_CHOICES, {"default": "bfloat16",
+                                                   "tooltip": "Compute dtype while training; tokens and optimiser stay float32."}),
+            },
+            "optional": {
+                "reference_image_2": ("IMAGE", {"tooltip": reference_tip}),
+                "reference_image_3": ("IMAGE", {"tooltip": reference_tip}),
+            },
+        }
+
+    def train(self, model, clip, vae, reference_image, training_prompt, seed, training_steps, learning_rate,
+              training_image_size, num_tokens, init_std, training_dtype, reference_image_2=None, reference_image_3=None):
+        images = {"reference_image": reference_image, "reference_image_2": reference_image_2,
+                  "reference_image_3": reference_image_3}
+        context, info = _glue().train_reference_context(
+            model, clip, vae, images, training_prompt, seed=seed, steps=training_steps,
+            learning_rate=learning_rate, image_size=training_image_size, num_tokens=num_tokens,
+            init_std=init_std, dtype_name=training_dtype,
+        )
+        return (context, info)
+
+
+class AnimaFastTrainApplyContext:
+    DESCRIPTION = (
+        "Returns a copy of the MODEL whose every DiT block's cross-attention also attends to that block's "
+        "trained context tokens while sampling. The input MODEL is not changed."
+    )
+    CATEGORY = CATEGORY
+    FUNCTION = "apply"
+    RETURN_TYPES = ("MODEL",)
+    OUTPUT_TOOLTIPS = ("The patched model, for KSampler.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The Anima model the context was trained on."}),
+                "context": (CONTEXT_TYPE, {"tooltip": "A context from the Train Context Tokens node."}),
+                "strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01,
+                                       "tooltip": "Scales what the tokens contribute. 1 is as trained; 0 leaves the model unchanged."}),
+            },
+            "optional": {
+                "apply_to": (list(APPLY_TO_CHOICES), {
+                    "default": "positive",
+                    "tooltip": "Which prompt's rows get the tokens. 'positive' keeps classifier-free guidance from cancelling them.",
+                }),
+            },
+        }
+
+    def apply(self, model, context, strength, apply_to="positive"):
+        return (_glue().apply_reference_context(model, context, strength, apply_to),)
+
+
+NODE_CLASS_MAPPINGS = {
+    "AnimaFastTrainReferenceContext": AnimaFastTrainReferenceContext,
+    "AnimaFastTrainApplyContext": AnimaFastTrainApplyContext,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "AnimaFastTrainReferenceContext": "AnimaFastTrain - Train Context Tokens",
+    "AnimaFastTrainApplyContext": "AnimaFastTrain - Apply Context",
+}
