@@ -9,12 +9,11 @@ import contextlib
 import logging
 import time
 
-import torch
-
 import comfy.ldm.anima.model
 import comfy.model_management
 import comfy.quant_ops
 import comfy.utils
+import torch
 
 from .context import ReferenceContext
 from .errors import IncompatibleModelError, InvalidSettingError

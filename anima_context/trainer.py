@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 
@@ -142,7 +143,7 @@ def train_tokens(
     cpu_generator = torch.Generator().manual_seed(settings.seed)
     shape = (denoiser.num_blocks, settings.num_tokens, denoiser.context_width)
     initial = torch.randn(shape, generator=cpu_generator) * settings.init_std
-    tokens = torch.nn.Parameter(initial.to(device))
+    tokens = torch.nn.Parameter(initial.to(device, copy=True))
     patch = ContextTokenPatch(tokens)
     options = _merge_patch(transformer_options, patch)
     optimizer = torch.optim.Adam([tokens], lr=settings.learning_rate, **_fused_if_possible(device))

@@ -1,0 +1,169 @@
+"""The pack against ComfyUI's own Anima (a small random-weight one, loaded by ComfyUI's loader
+under inference mode as in a prompt). Needs COMFYUI_PATH; skips without it."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from comfy_anima import FakeAnimaClip, FakeWanVae, load_anima, random_anima_state_dict
+from conftest import REPO
+
+TRAIN_ARGS = dict(training_prompt="a girl with silver hair", seed=7, training_steps=6, learning_rate=0.05,
+                  training_image_size=64, num_tokens=4, init_std=0.5, training_dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def anima(comfyui):
+    return load_anima(random_anima_state_dict(256))
+
+
+@pytest.fixture(scope="module")
+def trained(pack, anima):
+    generator = torch.Generator().manual_seed(0)
+    images = dict(reference_image=torch.rand(1, 80, 64, 3, generator=generator),
+                  reference_image_2=torch.rand(2, 64, 96, 3, generator=generator),
+                  reference_image_3=torch.rand(1, 72, 72, 4, generator=generator))
+    node = pack.NODE_CLASS_MAPPINGS["AnimaFastTrainReferenceContext"]()
+    with torch.inference_mode():  # every ComfyUI node runs in inference mode
+        context, info = node.train(anima, FakeAnimaClip(), FakeWanVae(), **images, **TRAIN_ARGS)
+    return context, info
+
+
+def _snapshot(model):
+    diffusion_model = model.model.diffusion_model
+    return {
+        "options": repr(model.model_options),
+        "params": {name: (p, p.detach().clone(), p.requires_grad, p.is_inference())
+                   for name, p in list(diffusion_model.named_parameters())[::25]},
+    }
+
+
+def test_training_reaches_every_block_and_lowers_the_heldout_loss(trained):
+    context, info = trained
+    assert context.tokens.shape == (10, 4, 1024)
+    moved = (context.tokens - context.tokens.new_tensor(0)).abs().amax(dim=(1, 2))
+    assert bool((moved > 0).all())
+    meta = context.metadata
+    assert meta["reference_count"] == 4 and meta["steps"] == 6 and len(meta["loss_curve"]) == 6
+    assert meta["heldout_loss_with"] < meta["heldout_loss_without"]
+    assert "identity lift" in info and "references: 4 (64x80, 96x64, 96x64, 72x72)" in info
+
+
+def test_every_blocks_tokens_get_a_gradient(pack, anima):
+    from anima_context.comfy_glue import ComfyAnimaDenoiser, _training_mode
+    from anima_context.frozen_weights import autograd_safe_weights
+    from anima_context.patch import ContextTokenPatch
+
+    with torch.inference_mode(False):
+        tokens = torch.zeros(10, 2, 1024, requires_grad=True)
+        denoiser = ComfyAnimaDenoiser(anima, torch.randn(1, 512, 1024), 10, 1024)
+        x = torch.randn(1, 16, 1, 8, 8)
+        options = {"patches": {"attn2_patch": [ContextTokenPatch(tokens)]}}
+        with autograd_safe_weights(anima.model.diffusion_model), _training_mode():
+            denoiser.velocity(x, torch.tensor([0.7]), options).pow(2).mean().backward()
+    per_block = tokens.grad.abs().sum(dim=(1, 2))
+    assert bool((per_block > 0).all()), per_block
+
+
+def test_the_users_model_is_untouched(pack, anima):
+    import comfy.model_management
+    import comfy.quant_ops
+
+    before = _snapshot(anima)
+    kitchen = comfy.quant_ops.ck
+    node = pack.NODE_CLASS_MAPPINGS["AnimaFastTrainReferenceContext"]()
+    with torch.inference_mode():
+        node.train(anima, FakeAnimaClip(), FakeWanVae(), torch.rand(1, 64, 64, 3), **{**TRAIN_ARGS, "training_steps": 2})
+    after = _snapshot(anima)
+    assert after["options"] == before["options"]
+    for name, (param, values, requires_grad, inference) in before["params"].items():
+        now = after["params"][name]
+        assert now[0] is param and torch.equal(now[1], values), name
+        assert (now[2], now[3]) == (requires_grad, inference), name
+    assert comfy.quant_ops.ck is kitchen and comfy.model_management.in_training is False
+
+
+def _sample(model, cond, negative, seed=3):
+    import comfy.sample
+
+    latent = torch.zeros(1, 16, 1, 8, 8)
+    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
+    with torch.inference_mode():
+        return comfy.sample.sample(model, noise, 3, 3.0, "euler", "simple", cond, negative, latent,
+                                   disable_pbar=True, seed=seed)
+
+
+def test_applied_context_changes_the_sample_and_strength_zero_does_not(pack, anima, trained):
+    context, _ = trained
+    clip = FakeAnimaClip()
+    positive = clip.encode_from_tokens_scheduled("a girl")
+    negative = clip.encode_from_tokens_scheduled("worst quality")
+    apply = pack.NODE_CLASS_MAPPINGS["AnimaFastTrainApplyContext"]()
+    with torch.inference_mode():
+        (patched,) = apply.apply(anima, context, 1.0)
+        (zero,) = apply.apply(anima, context, 0.0)
+        (chained,) = apply.apply(patched, context, 1.0)
+    plain = _sample(anima, positive, negative)
+    assert torch.equal(_sample(zero, positive, negative), plain)
+    with_context = _sample(patched, positive, negative)
+    assert (with_context - plain).abs().max() > 1e-4
+    assert (_sample(chained, positive, negative) - with_context).abs().max() > 1e-5
+    assert "patches" not in anima.model_options.get("transformer_options", {})
+
+
+def test_apply_refuses_other_models_and_mismatched_contexts(pack, anima, trained):
+    from anima_context.context import ReferenceContext
+    from anima_context.errors import IncompatibleModelError
+
+    context, _ = trained
+    apply = pack.NODE_CLASS_MAPPINGS["AnimaFastTrainApplyContext"]()
+
+    class NotAnima:
+        model = type("BaseModel", (), {"diffusion_model": torch.nn.Linear(2, 2)})()
+
+    with pytest.raises(IncompatibleModelError, match="not Anima"):
+        apply.apply(NotAnima(), context, 1.0)
+    with pytest.raises(IncompatibleModelError, match="28 blocks"):
+        apply.apply(anima, ReferenceContext(torch.zeros(28, 4, 1024), {}), 1.0)
+
+
+def test_example_workflows_match_the_node_definitions(pack, comfyui):
+    from comfy_extras import nodes_preview_any
+
+    import nodes as comfy_nodes
+
+    known = {**comfy_nodes.NODE_CLASS_MAPPINGS, **nodes_preview_any.NODE_CLASS_MAPPINGS, **pack.NODE_CLASS_MAPPINGS}
+    workflows = sorted((REPO / "example_workflows").glob("*.json"))
+    assert workflows
+    for path in workflows:
+        _check_workflow(json.loads(Path(path).read_text()), known, set(pack.NODE_CLASS_MAPPINGS), path.name)
+
+
+def _check_workflow(workflow, known, ours, name):
+    widget_types = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+    for node in workflow["nodes"]:
+        if node["type"] in ("Note", "MarkdownNote"):
+            continue
+        assert node["type"] in known, f"{name}: unknown node {node['type']}"
+        spec = known[node["type"]].INPUT_TYPES()
+        declared = {**spec.get("required", {}), **spec.get("optional", {})}
+        for entry in node.get("inputs", []):
+            assert entry["name"] in declared, f"{name}: {node['type']} has no input {entry['name']}"
+        widgets = [k for k, v in declared.items()
+                   if isinstance(v[0], list) or v[0] in widget_types]
+        if node["type"] in ours:
+            assert len(node.get("widgets_values", [])) == len(widgets) + _control_widgets(declared), (name, node["type"])
+            outputs = [out["type"] for out in node.get("outputs", [])]
+            assert tuple(outputs) == known[node["type"]].RETURN_TYPES
+
+
+    by_id = {node["id"]: node for node in workflow["nodes"]}
+    for link_id, source, slot, target, target_slot, link_type in workflow["links"]:
+        assert by_id[source]["outputs"][slot]["type"] == link_type, (name, link_id)
+        assert by_id[target]["inputs"][target_slot]["link"] == link_id, (name, link_id)
+
+
+def _control_widgets(declared):
+    # The frontend adds a 'control after generate' widget value after every seed input.
+    return sum(1 for k, v in declared.items() if k in ("seed", "noise_seed") and v[0] == "INT")

@@ -1,0 +1,93 @@
+import pytest
+import torch
+from tiny_anima import make_tiny_setup
+
+from anima_context.patch import ContextTokenPatch
+
+
+def _options(*patches, **extra):
+    return {"patches": {"attn2_patch": list(patches)}, **extra}
+
+
+def test_appends_the_blocks_own_tokens_to_keys_and_values():
+    tokens = torch.arange(3 * 2 * 4, dtype=torch.float32).view(3, 2, 4)
+    patch = ContextTokenPatch(tokens)
+    k = torch.randn(2, 5, 4)
+    out = patch(None, k, k, extra_options={"block_index": 1})
+    assert out["k"].shape == (2, 7, 4)
+    assert torch.equal(out["k"][:, :5], k)
+    assert torch.equal(out["k"][0, 5:], tokens[1])
+    assert torch.equal(out["v"][1, 5:], tokens[1])
+
+
+def test_strength_scales_values_only_and_zero_returns_nothing():
+    tokens = torch.randn(2, 3, 4)
+    k = torch.randn(1, 5, 4)
+    out = ContextTokenPatch(tokens, strength=0.5)(None, k, k, extra_options={"block_index": 0})
+    assert torch.allclose(out["k"][0, 5:], tokens[0])
+    assert torch.allclose(out["v"][0, 5:], 0.5 * tokens[0])
+    assert ContextTokenPatch(tokens, strength=0.0)(None, k, k, extra_options={"block_index": 0}) == {}
+
+
+@pytest.mark.parametrize(
+    "apply_to, expected_rows",
+    [("positive", [1, 1, 0, 0]), ("negative", [0, 0, 1, 1]), ("both", [1, 1, 1, 1])],
+)
+def test_apply_to_picks_rows_by_cond_or_uncond(apply_to, expected_rows):
+    tokens = torch.ones(1, 2, 4)
+    k = torch.zeros(4, 3, 4)  # two chunks (cond, uncond) of two rows each
+    out = ContextTokenPatch(tokens, apply_to=apply_to)(None, k, k, extra_options={"block_index": 0, "cond_or_uncond": [0, 1]})
+    got = out["k"][:, 3:].abs().sum(dim=(1, 2)).gt(0).int().tolist()
+    assert got == expected_rows
+
+
+def test_to_follows_devices_and_ignores_dtypes():
+    tokens = torch.randn(2, 3, 4)
+    patch = ContextTokenPatch(tokens)
+    assert patch.to(torch.float16) is patch and patch.tokens.dtype == torch.float32
+    assert patch.to(torch.device("cpu")) is patch and patch.tokens.device.type == "cpu"
+
+
+def test_strength_zero_matches_the_unpatched_model_and_one_changes_it():
+    model, denoiser, latents = make_tiny_setup()
+    x, sigma = latents, torch.full((latents.shape[0],), 0.6)
+    tokens = torch.randn(model.num_blocks, 4, model.context_dim)
+    with torch.no_grad():
+        plain = denoiser.velocity(x, sigma, {})
+        zero = denoiser.velocity(x, sigma, _options(ContextTokenPatch(tokens, strength=0.0)))
+        one = denoiser.velocity(x, sigma, _options(ContextTokenPatch(tokens)))
+    assert torch.equal(plain, zero)
+    assert (one - plain).abs().max() > 1e-3
+
+
+def test_every_block_sees_its_own_tokens():
+    model, denoiser, latents = make_tiny_setup()
+    seen = []
+
+    class Recorder(ContextTokenPatch):
+        def __call__(self, q, k, v, pe=None, attn_mask=None, extra_options=None):
+            seen.append(extra_options["block_index"])
+            return super().__call__(q, k, v, pe=pe, attn_mask=attn_mask, extra_options=extra_options)
+
+    tokens = torch.randn(model.num_blocks, 2, model.context_dim)
+    with torch.no_grad():
+        denoiser.velocity(latents, torch.full((2,), 0.5), _options(Recorder(tokens)))
+    assert seen == list(range(model.num_blocks))
+
+
+def test_two_chained_patches_both_act():
+    model, denoiser, latents = make_tiny_setup()
+    sigma = torch.full((2,), 0.5)
+    first = ContextTokenPatch(torch.randn(model.num_blocks, 2, model.context_dim))
+    second = ContextTokenPatch(torch.randn(model.num_blocks, 3, model.context_dim))
+    with torch.no_grad():
+        only_first = denoiser.velocity(latents, sigma, _options(first))
+        both = denoiser.velocity(latents, sigma, _options(first, second))
+    assert (both - only_first).abs().max() > 1e-4
+
+
+def test_rejects_bad_arguments():
+    with pytest.raises(ValueError):
+        ContextTokenPatch(torch.randn(2, 3))
+    with pytest.raises(ValueError):
+        ContextTokenPatch(torch.randn(1, 2, 3), apply_to="sideways")
