@@ -50,6 +50,15 @@ def test_training_reaches_every_block_and_lowers_the_heldout_loss(trained):
     assert "identity lift" in info and "references: 4 (64x80, 96x64, 96x64, 72x72)" in info
 
 
+def test_half_precision_falls_back_to_float32_on_the_cpu_with_a_note(pack, anima):
+    node = pack.NODE_CLASS_MAPPINGS["AnimaFastTrainReferenceContext"]()
+    with torch.inference_mode():
+        context, info = node.train(anima, FakeAnimaClip(), FakeWanVae(), torch.rand(1, 64, 64, 3),
+                                   **{**TRAIN_ARGS, "training_steps": 1, "training_dtype": "bfloat16"})
+    assert context.metadata["dtype"] == "float32"
+    assert "note: bfloat16 is slow on the CPU: trained in float32" in info
+
+
 def test_every_blocks_tokens_get_a_gradient(pack, anima):
     from anima_context.comfy_glue import ComfyAnimaDenoiser, _training_mode
     from anima_context.frozen_weights import autograd_safe_weights
