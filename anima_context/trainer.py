@@ -48,6 +48,7 @@ class TrainSettings:
     draws_per_reference: int = 1
     eval_draws_per_reference: int = 2
     loss_readback_every: int = 10
+    eval_every: int = 0  # measure the held-out lift every N steps (0: only at the end)
 
     def validate(self) -> None:
         checks = [
@@ -70,6 +71,7 @@ class TrainResult:
     baseline_loss: float  # held-out loss without the tokens
     context_loss: float  # held-out loss with the trained tokens
     seconds: float
+    lift_curve: list[tuple[int, float]] = field(default_factory=list)  # (step, lift) every eval_every steps
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -106,19 +108,30 @@ def _merge_patch(transformer_options: dict | None, patch: ContextTokenPatch) -> 
     return options
 
 
-def heldout_losses(denoiser: Denoiser, latents: torch.Tensor, tokens: torch.Tensor, draws: int, seed: int,
-                   compute_dtype: torch.dtype, transformer_options: dict | None = None) -> tuple[float, float]:
-    """Loss without and with ``tokens`` on fixed noise and timestep draws (seeded apart from training)."""
-    generator = torch.Generator().manual_seed(seed + 0x5EED)
-    x0 = latents.repeat_interleave(draws, dim=0)
-    u = stratified_uniform(x0.shape[0], generator)
-    noise = torch.randn(x0.shape, generator=generator).to(latents.device, latents.dtype)
-    sigma = denoiser.sigmas(u).to(latents.device, latents.dtype)
-    base = dict(transformer_options or {})
-    with torch.no_grad():
-        without = _flow_loss(denoiser, x0, noise, sigma, base, compute_dtype)
-        with_tokens = _flow_loss(denoiser, x0, noise, sigma, _merge_patch(base, ContextTokenPatch(tokens)), compute_dtype)
-    return float(without), float(with_tokens)
+class HeldOutSet:
+    """Fixed noise and timestep draws on the reference latents, seeded apart from training, to
+    measure the identity lift. The loss without tokens is computed once: it cannot change."""
+
+    def __init__(self, denoiser: Denoiser, latents: torch.Tensor, draws: int, seed: int,
+                 compute_dtype: torch.dtype, transformer_options: dict | None = None):
+        generator = torch.Generator().manual_seed(seed + 0x5EED)
+        self.denoiser, self.compute_dtype = denoiser, compute_dtype
+        self.options = dict(transformer_options or {})
+        self.x0 = latents.repeat_interleave(draws, dim=0)
+        u = stratified_uniform(self.x0.shape[0], generator)
+        self.noise = torch.randn(self.x0.shape, generator=generator).to(latents.device, latents.dtype)
+        self.sigma = denoiser.sigmas(u).to(latents.device, latents.dtype)
+        self.baseline = self.loss(None)
+
+    def loss(self, tokens: torch.Tensor | None) -> float:
+        options = self.options if tokens is None else _merge_patch(self.options, ContextTokenPatch(tokens))
+        with torch.no_grad():
+            return float(_flow_loss(self.denoiser, self.x0, self.noise, self.sigma, options, self.compute_dtype))
+
+    def lift(self, tokens: torch.Tensor) -> tuple[float, float]:
+        """(loss with tokens, identity lift)."""
+        with_tokens = self.loss(tokens)
+        return with_tokens, 1.0 - with_tokens / self.baseline if self.baseline > 0 else 0.0
 
 
 def train_tokens(
@@ -157,7 +170,12 @@ def train_tokens(
     ).to(device=device, dtype=latents.dtype).view(settings.steps, batch)
     losses = torch.zeros(settings.steps, device=device)
     loss_curve: list[float] = []
+    lift_curve: list[tuple[int, float]] = []
     timings = {"prepare": time.perf_counter() - started}
+    eval_started = time.perf_counter()
+    heldout = HeldOutSet(denoiser, latents, settings.eval_draws_per_reference, settings.seed,
+                         settings.compute_dtype, transformer_options)
+    timings["evaluate"] = time.perf_counter() - eval_started
     loop_started = time.perf_counter()
     try:
         for step in range(settings.steps):
@@ -173,6 +191,8 @@ def train_tokens(
                 loss_curve.extend(losses[first_new : step + 1].tolist())
                 _raise_if_diverged(loss_curve, first_new, settings)
                 reported = loss_curve[-1]
+            if settings.eval_every and (step + 1) % settings.eval_every == 0:
+                lift_curve.append((step + 1, heldout.lift(tokens.detach())[1]))
             if on_step is not None:
                 on_step(step, reported)
         timings["loop"] = time.perf_counter() - loop_started
@@ -183,11 +203,8 @@ def train_tokens(
                 "or use training_dtype float32."
             )
         eval_started = time.perf_counter()
-        baseline, with_context = heldout_losses(
-            denoiser, latents, tokens.detach(), settings.eval_draws_per_reference, settings.seed,
-            settings.compute_dtype, transformer_options,
-        )
-        timings["evaluate"] = time.perf_counter() - eval_started
+        with_context, _ = heldout.lift(tokens.detach())
+        timings["evaluate"] += time.perf_counter() - eval_started
     finally:
         # Drop the optimiser state and the graph's inputs now, also on cancel or error.
         optimizer.state.clear()
@@ -197,8 +214,9 @@ def train_tokens(
         tokens=trained,
         initial_tokens=initial,
         loss_curve=loss_curve,
-        baseline_loss=baseline,
+        baseline_loss=heldout.baseline,
         context_loss=with_context,
+        lift_curve=lift_curve,
         seconds=time.perf_counter() - started,
         timings=timings,
     )

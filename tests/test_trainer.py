@@ -52,7 +52,7 @@ def test_bfloat16_compute_trains_float32_tokens():
 
 
 class _DivergingDenoiser:
-    """Wraps a denoiser and returns NaN from the given call on."""
+    """Wraps a denoiser and returns NaN from the given training call (with grad) on."""
 
     def __init__(self, inner, nan_from_call):
         self.inner, self.nan_from_call, self.calls = inner, nan_from_call, 0
@@ -60,9 +60,9 @@ class _DivergingDenoiser:
         self.sigmas, self.add_noise = inner.sigmas, inner.add_noise
 
     def velocity(self, x_t, sigma, options):
-        self.calls += 1
+        self.calls += torch.is_grad_enabled()
         out = self.inner.velocity(x_t, sigma, options)
-        return out * float("nan") if self.calls >= self.nan_from_call else out
+        return out * float("nan") if torch.is_grad_enabled() and self.calls >= self.nan_from_call else out
 
 
 def test_diverging_loss_raises_token_optimization_failed_naming_the_step():
@@ -123,3 +123,10 @@ def test_stratified_uniform_covers_every_stratum():
     strata = sorted((u * 8).floor().int().tolist())
     assert strata == list(range(8))
     assert bool(((u > 0) & (u < 1)).all())
+
+
+def test_lift_curve_is_recorded_every_eval_every_steps_and_ends_at_the_final_lift():
+    _, denoiser, latents = make_tiny_setup()
+    result = train_tokens(denoiser, latents, TrainSettings(**{**SETTINGS.__dict__, "steps": 9, "eval_every": 3}))
+    assert [step for step, _ in result.lift_curve] == [3, 6, 9]
+    assert result.lift_curve[-1][1] == pytest.approx(result.lift)
