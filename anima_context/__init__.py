@@ -10,6 +10,7 @@ from .errors import (
     InvalidReferenceImageError,
     InvalidSettingError,
     TokenOptimizationError,
+    TrainingOutOfMemoryError,
 )
 from .patch import APPLY_TO_CHOICES, ContextTokenPatch
 from .trainer import TrainResult, TrainSettings, train_tokens
@@ -24,6 +25,7 @@ __all__ = [
     "ReferenceContext",
     "TokenOptimizationError",
     "TrainResult",
+    "TrainingOutOfMemoryError",
     "TrainSettings",
     "train_tokens",
 ]

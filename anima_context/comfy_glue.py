@@ -207,6 +207,7 @@ def train_reference_context(model, clip, vae, images: dict, prompt: str, seed: i
         "width": width,
         "model": type(patcher.model.diffusion_model).__name__,
         "seconds": timings["total"],
+        "timings": timings,
     }
     context_out = ReferenceContext(tokens=result.tokens, metadata=metadata)
     info = format_info(context_out, result.initial_tokens, timings, notes=[dtype_note] if dtype_note else [])

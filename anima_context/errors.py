@@ -25,3 +25,7 @@ class IncompatibleModelError(AnimaFastTrainError, ValueError):
 
 class InvalidSettingError(AnimaFastTrainError, ValueError):
     phrase = "Invalid setting"
+
+
+class TrainingOutOfMemoryError(AnimaFastTrainError, MemoryError):
+    phrase = "Out of memory while training"

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import math
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
 
-from .errors import InvalidSettingError, TokenOptimizationError
+from .errors import InvalidSettingError, TokenOptimizationError, TrainingOutOfMemoryError
 from .patch import ContextTokenPatch
 
 
@@ -205,11 +206,23 @@ def train_tokens(
         eval_started = time.perf_counter()
         with_context, _ = heldout.lift(tokens.detach())
         timings["evaluate"] += time.perf_counter() - eval_started
+    except torch.OutOfMemoryError as error:
+        _release_frames(error)
+        raise TrainingOutOfMemoryError(
+            f"the {device.type.upper()} ran out of memory while training ({str(error).splitlines()[0][:160]}). "
+            f"Lower training_image_size (each halving needs about a quarter of the memory), use fewer "
+            f"reference images or fewer num_tokens (now {settings.num_tokens}), or close other models."
+        ) from None
+    except BaseException as error:
+        # ComfyUI keeps a failed node's exception; its traceback must not keep the graph alive.
+        _release_frames(error)
+        raise
     finally:
-        # Drop the optimiser state and the graph's inputs now, also on cancel or error.
+        # Drop the optimiser state, the graph and the batch now, also on cancel or error.
         optimizer.state.clear()
         tokens.grad = None
         patch.tokens = tokens.detach()
+        loss = noise = x0 = all_sigmas = None  # noqa: F841
     return TrainResult(
         tokens=trained,
         initial_tokens=initial,
@@ -220,6 +233,12 @@ def train_tokens(
         seconds=time.perf_counter() - started,
         timings=timings,
     )
+
+
+def _release_frames(error: BaseException) -> None:
+    """Clear the locals of the finished frames in the traceback (the model's activations);
+    the traceback itself, and so the error report, stay intact."""
+    traceback.clear_frames(error.__traceback__)
 
 
 def _raise_if_diverged(loss_curve: list[float], first_new: int, settings: TrainSettings) -> None:

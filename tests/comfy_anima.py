@@ -67,3 +67,14 @@ class FakeWanVae:
     def encode(self, pixels):
         pooled = torch.nn.functional.avg_pool2d(pixels.movedim(-1, 1), 8)
         return torch.einsum("bchw,cd->bdhw", pooled * 2 - 1, self.projection).unsqueeze(2)
+
+
+def load_anima_file(state_dict: dict, path):
+    """Write the state dict and load it as UNETLoader does (ComfyUI's LoRA trainer reloads the
+    model from its file, so it needs a MODEL that came from one)."""
+    import comfy.sd
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in state_dict.items()}, str(path))
+    with torch.inference_mode():
+        return comfy.sd.load_diffusion_model(str(path))
