@@ -108,11 +108,65 @@ class AnimaFastTrainApplyContext:
         return (_glue().apply_reference_context(model, context, strength, apply_to),)
 
 
+class AnimaFastTrainSaveContext:
+    DESCRIPTION = (
+        "Saves a context as .safetensors (tokens plus metadata, no pickle) under models/anima_contexts, where "
+        "Load Context finds it, or in ComfyUI's output folder. Training itself never writes anything."
+    )
+    CATEGORY = CATEGORY
+    FUNCTION = "save"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ()
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "context": (CONTEXT_TYPE, {"tooltip": "The context to keep."}),
+                "filename_prefix": ("STRING", {"default": "character",
+                                               "tooltip": "File name start; a number and .safetensors are added. No '..' or absolute paths."}),
+                "destination": (["anima_contexts", "output"], {"default": "anima_contexts",
+                                                               "tooltip": "models/anima_contexts (listed by Load Context) or the output folder."}),
+            }
+        }
+
+    def save(self, context, filename_prefix, destination):
+        name = _glue().save_reference_context(context, filename_prefix, destination)
+        return {"ui": {"text": [f"saved {name} in {destination}"]}}
+
+
+class AnimaFastTrainLoadContext:
+    DESCRIPTION = "Loads a context saved by Save Context from models/anima_contexts, checking its shapes and metadata."
+    CATEGORY = CATEGORY
+    FUNCTION = "load"
+    RETURN_TYPES = (CONTEXT_TYPE, "STRING")
+    RETURN_NAMES = ("AnimaReferenceContext", "info")
+    OUTPUT_TOOLTIPS = ("The saved context, for Apply Context.", "What the context was trained on.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"context_name": (_glue().list_saved_contexts(),
+                                              {"tooltip": "A .safetensors file in models/anima_contexts."})}}
+
+    def load(self, context_name):
+        context = _glue().load_reference_context(context_name)
+        meta = context.metadata
+        lift = meta.get("lift")
+        lift_text = f"{lift * 100:.1f}%" if isinstance(lift, (int, float)) else "unknown"
+        info = (f"{context_name}: {context.num_blocks} blocks x {context.num_tokens} tokens x {context.width}; "
+                f"{meta.get('steps', '?')} steps, lift {lift_text}, prompt {meta.get('prompt', '')!r}")
+        return (context, info)
+
+
 NODE_CLASS_MAPPINGS = {
     "AnimaFastTrainReferenceContext": AnimaFastTrainReferenceContext,
     "AnimaFastTrainApplyContext": AnimaFastTrainApplyContext,
+    "AnimaFastTrainSaveContext": AnimaFastTrainSaveContext,
+    "AnimaFastTrainLoadContext": AnimaFastTrainLoadContext,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "AnimaFastTrainReferenceContext": "AnimaFastTrain - Train Context Tokens",
     "AnimaFastTrainApplyContext": "AnimaFastTrain - Apply Context",
+    "AnimaFastTrainSaveContext": "AnimaFastTrain - Save Context",
+    "AnimaFastTrainLoadContext": "AnimaFastTrain - Load Context",
 }

@@ -7,6 +7,7 @@ from .context import ReferenceContext
 from .errors import (
     AnimaFastTrainError,
     IncompatibleModelError,
+    InvalidContextFileError,
     InvalidReferenceImageError,
     InvalidSettingError,
     TokenOptimizationError,
@@ -20,6 +21,7 @@ __all__ = [
     "AnimaFastTrainError",
     "ContextTokenPatch",
     "IncompatibleModelError",
+    "InvalidContextFileError",
     "InvalidReferenceImageError",
     "InvalidSettingError",
     "ReferenceContext",

@@ -29,3 +29,7 @@ class InvalidSettingError(AnimaFastTrainError, ValueError):
 
 class TrainingOutOfMemoryError(AnimaFastTrainError, MemoryError):
     phrase = "Out of memory while training"
+
+
+class InvalidContextFileError(AnimaFastTrainError, ValueError):
+    phrase = "Invalid context file"

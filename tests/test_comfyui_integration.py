@@ -176,3 +176,36 @@ def _check_workflow(workflow, known, ours, name):
 def _control_widgets(declared):
     # The frontend adds a 'control after generate' widget value after every seed input.
     return sum(1 for k, v in declared.items() if k in ("seed", "noise_seed") and v[0] == "INT")
+
+
+def test_save_then_load_samples_the_same_latent_and_nothing_lands_outside(pack, anima, trained, tmp_path, monkeypatch):
+    import folder_paths
+
+    from anima_context.errors import InvalidContextFileError
+
+    contexts = tmp_path / "models" / "anima_contexts"
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "anima_contexts", ([str(contexts)], {".safetensors"}))
+    monkeypatch.setattr(folder_paths, "get_output_directory", lambda: str(tmp_path / "output"))
+    context, _ = trained
+    save = pack.NODE_CLASS_MAPPINGS["AnimaFastTrainSaveContext"]()
+    ui = save.save(context, "hero", "anima_contexts")
+    save.save(context, "hero", "output")
+    assert sorted(p.name for p in contexts.iterdir()) == ["hero_00001.safetensors"]
+    assert (tmp_path / "output" / "hero_00001.safetensors").is_file() and "hero_00001" in ui["ui"]["text"][0]
+    load = pack.NODE_CLASS_MAPPINGS["AnimaFastTrainLoadContext"]
+    assert "hero_00001.safetensors" in load.INPUT_TYPES()["required"]["context_name"][0]
+    loaded, info = load().load("hero_00001.safetensors")
+    assert torch.equal(loaded.tokens, context.tokens) and "10 blocks" in info
+    with pytest.raises(InvalidContextFileError):
+        save.save(context, "../escape", "anima_contexts")
+    with pytest.raises(InvalidContextFileError):
+        load().load("../../secrets")
+    assert not list(tmp_path.glob("**/escape*"))
+
+    clip = FakeAnimaClip()
+    positive, negative = clip.encode_from_tokens_scheduled("a girl"), clip.encode_from_tokens_scheduled("bad")
+    apply = pack.NODE_CLASS_MAPPINGS["AnimaFastTrainApplyContext"]()
+    with torch.inference_mode():
+        (in_memory,) = apply.apply(anima, context, 1.0)
+        (from_file,) = apply.apply(anima, loaded, 1.0)
+    assert torch.equal(_sample(in_memory, positive, negative), _sample(from_file, positive, negative))

@@ -5,6 +5,7 @@ from anima_context.context import ReferenceContext
 from anima_context.errors import IncompatibleModelError
 
 TRAIN, APPLY = "AnimaFastTrainReferenceContext", "AnimaFastTrainApplyContext"
+SAVE, LOAD = "AnimaFastTrainSaveContext", "AnimaFastTrainLoadContext"
 
 
 def _inputs(node_class):
@@ -13,7 +14,9 @@ def _inputs(node_class):
 
 
 def test_mappings_and_display_names(pack):
-    assert set(pack.NODE_CLASS_MAPPINGS) == {TRAIN, APPLY}
+    assert set(pack.NODE_CLASS_MAPPINGS) == {TRAIN, APPLY, SAVE, LOAD}
+    assert set(pack.NODE_DISPLAY_NAME_MAPPINGS) == set(pack.NODE_CLASS_MAPPINGS)
+    assert all(getattr(node, "DESCRIPTION", "") for node in pack.NODE_CLASS_MAPPINGS.values())
     assert pack.NODE_DISPLAY_NAME_MAPPINGS[TRAIN] == "AnimaFastTrain - Train Context Tokens"
     assert pack.NODE_DISPLAY_NAME_MAPPINGS[APPLY] == "AnimaFastTrain - Apply Context"
 
@@ -33,7 +36,7 @@ def test_train_node_declares_the_issue_inputs_and_outputs(pack):
     assert node.CATEGORY == "AnimaFastTrain"
 
 
-@pytest.mark.parametrize("name", [TRAIN, APPLY])
+@pytest.mark.parametrize("name", [TRAIN, APPLY, SAVE])  # Load lists ComfyUI's folder: integration tests
 def test_every_input_has_a_tooltip_and_numbers_have_sane_ranges(pack, name):
     for input_name, entry in _inputs(pack.NODE_CLASS_MAPPINGS[name]).items():
         options = entry[1]
