@@ -209,3 +209,33 @@ def test_save_then_load_samples_the_same_latent_and_nothing_lands_outside(pack, 
         (in_memory,) = apply.apply(anima, context, 1.0)
         (from_file,) = apply.apply(anima, loaded, 1.0)
     assert torch.equal(_sample(in_memory, positive, negative), _sample(from_file, positive, negative))
+
+
+@pytest.fixture(scope="module")
+def real_clip(comfyui):
+    import os
+
+    path = os.environ.get("ANIMA_TEXT_ENCODER")
+    if not path:
+        pytest.skip("ANIMA_TEXT_ENCODER is not set: point it at a Qwen3-0.6B text encoder .safetensors to run the real-CLIP tests")
+    import comfy.sd
+
+    with torch.inference_mode():
+        return comfy.sd.load_clip([path], clip_type=comfy.sd.CLIPType.STABLE_DIFFUSION)
+
+
+@pytest.mark.parametrize("prompt", ["", "silver hair, " * 385, "銀髪の少女、微笑み", "(silver hair:1.3), [smile], (red eyes:0.8)"],
+                         ids=["empty", "5000-chars", "non-latin", "weighted"])
+def test_odd_prompts_encode_to_a_finite_context_and_train(pack, anima, real_clip, prompt):
+    from anima_context import comfy_glue
+
+    dm = anima.model.diffusion_model
+    with torch.inference_mode():
+        context = comfy_glue.encode_prompt(real_clip, prompt, dm, torch.device("cpu"), torch.float32)
+    assert context.shape[0] == 1 and context.shape[1] >= 512 and context.shape[2] == 1024
+    assert bool(torch.isfinite(context).all())
+    node = pack.NODE_CLASS_MAPPINGS["AnimaFastTrainReferenceContext"]()
+    with torch.inference_mode():
+        trained, info = node.train(anima, real_clip, FakeWanVae(), torch.rand(1, 64, 64, 3),
+                                   **{**TRAIN_ARGS, "training_prompt": prompt, "training_steps": 1})
+    assert bool(torch.isfinite(trained.tokens).all()) and trained.metadata["prompt"] == prompt
