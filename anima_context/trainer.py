@@ -221,7 +221,6 @@ def train_tokens(
         # Drop the optimiser state, the graph and the batch now, also on cancel or error.
         optimizer.state.clear()
         tokens.grad = None
-        patch.tokens = tokens.detach()
         loss = noise = x0 = all_sigmas = None  # noqa: F841
     return TrainResult(
         tokens=trained,
