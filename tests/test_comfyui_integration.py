@@ -241,3 +241,18 @@ def test_odd_prompts_encode_to_a_finite_context_and_train(pack, anima, real_clip
         trained, info = node.train(anima, real_clip, FakeWanVae(), torch.rand(1, 64, 64, 3),
                                    **{**TRAIN_ARGS, "training_prompt": prompt, "training_steps": 1})
     assert bool(torch.isfinite(trained.tokens).all()) and trained.metadata["prompt"] == prompt
+
+
+def test_dtype_fallbacks_on_devices_that_lack_the_dtype(comfyui, monkeypatch):
+    from anima_context import comfy_glue
+    from anima_context.errors import InvalidSettingError
+
+    assert comfy_glue.resolve_dtype("float16", torch.device("cpu")) == (torch.float32, "float16 is slow on the CPU: trained in float32")
+    assert comfy_glue.resolve_dtype("float32", torch.device("cpu")) == (torch.float32, "")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    dtype, note = comfy_glue.resolve_dtype("bfloat16", torch.device("cuda"))
+    assert dtype == torch.float16 and "not supported on this GPU" in note
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    assert comfy_glue.resolve_dtype("bfloat16", torch.device("cuda")) == (torch.bfloat16, "")
+    with pytest.raises(InvalidSettingError, match="training_dtype"):
+        comfy_glue.resolve_dtype("int8", torch.device("cpu"))
