@@ -101,11 +101,18 @@ class AnimaFastTrainApplyContext:
                     "default": "positive",
                     "tooltip": "Which prompt's rows get the tokens. 'positive' keeps classifier-free guidance from cancelling them.",
                 }),
+                "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001,
+                                            "tooltip": "Part of sampling where the tokens start to act (0 = the first step)."}),
+                "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.001,
+                                          "tooltip": "Part of sampling where the tokens stop acting (1 = the last step)."}),
+                "blocks": ("STRING", {"default": "all",
+                                      "tooltip": "Blocks that get their tokens: 'all', a range '0-13', a list '0,3,5-7', "
+                                                 "or one weight per block with decimal points '1.0,0.5,...'."}),
             },
         }
 
-    def apply(self, model, context, strength, apply_to="positive"):
-        return (_glue().apply_reference_context(model, context, strength, apply_to),)
+    def apply(self, model, context, strength, apply_to="positive", start_percent=0.0, end_percent=1.0, blocks="all"):
+        return (_glue().apply_reference_context(model, context, strength, apply_to, start_percent, end_percent, blocks),)
 
 
 class AnimaFastTrainSaveContext:

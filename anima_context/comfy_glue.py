@@ -21,7 +21,7 @@ from .context_file import confined_path, load_context, save_context
 from .errors import IncompatibleModelError, InvalidSettingError
 from .frozen_weights import autograd_safe_weights
 from .images import prepare_references
-from .patch import ContextTokenPatch
+from .patch import ContextTokenPatch, parse_block_selection
 from .report import format_info
 from .trainer import TrainSettings, train_tokens
 
@@ -228,14 +228,28 @@ def _patches_on_device(transformer_options: dict, device) -> dict:
     return options
 
 
-def apply_reference_context(model, context: ReferenceContext, strength: float, apply_to: str):
-    """A clone of ``model`` whose cross-attention also attends to the context's tokens."""
+def apply_reference_context(model, context: ReferenceContext, strength: float, apply_to: str,
+                            start_percent: float = 0.0, end_percent: float = 1.0, blocks: str = "all"):
+    """A clone of ``model`` whose cross-attention also attends to the context's tokens, in the
+    sampling range and blocks chosen."""
     if not isinstance(context, ReferenceContext):
         raise InvalidSettingError(f"context must come from the Train Context Tokens node, got {type(context).__name__}.")
     num_blocks, width = anima_geometry(model)
     context.check_compatible(num_blocks, width)
+    if not 0.0 <= start_percent <= end_percent <= 1.0:
+        raise InvalidSettingError(f"start_percent ({start_percent}) must not be above end_percent ({end_percent}), both in 0..1.")
+    try:
+        block_weights = parse_block_selection(blocks, num_blocks)
+    except ValueError as error:
+        raise InvalidSettingError(f"blocks {blocks!r}: {error}. Use 'all', a range like 0-9, a list like 0,3,5-7, "
+                                  f"or {num_blocks} weights with decimal points.") from None
+    sigma_range = None
+    if (start_percent, end_percent) != (0.0, 1.0):
+        sampling = model.get_model_object("model_sampling")
+        sigma_range = (float(sampling.percent_to_sigma(start_percent)), float(sampling.percent_to_sigma(end_percent)))
     patched = model.clone()
-    patched.set_model_attn2_patch(ContextTokenPatch(context.tokens, strength=strength, apply_to=apply_to))
+    patched.set_model_attn2_patch(ContextTokenPatch(context.tokens, strength=strength, apply_to=apply_to,
+                                                    sigma_range=sigma_range, block_weights=block_weights))
     return patched
 
 

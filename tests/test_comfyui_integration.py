@@ -256,3 +256,29 @@ def test_dtype_fallbacks_on_devices_that_lack_the_dtype(comfyui, monkeypatch):
     assert comfy_glue.resolve_dtype("bfloat16", torch.device("cuda")) == (torch.bfloat16, "")
     with pytest.raises(InvalidSettingError, match="training_dtype"):
         comfy_glue.resolve_dtype("int8", torch.device("cpu"))
+
+
+def test_percent_range_and_block_selection_steer_the_context(pack, anima, trained):
+    from anima_context.errors import InvalidSettingError
+
+    context, _ = trained
+    clip = FakeAnimaClip()
+    positive, negative = clip.encode_from_tokens_scheduled("a girl"), clip.encode_from_tokens_scheduled("bad")
+    apply = pack.NODE_CLASS_MAPPINGS["AnimaFastTrainApplyContext"]()
+    with torch.inference_mode():
+        (never,) = apply.apply(anima, context, 1.0, "positive", 1.0, 1.0, "all")
+        (no_blocks,) = apply.apply(anima, context, 1.0, "positive", 0.0, 1.0, ",".join(["0.0"] * 10))
+        (some_blocks,) = apply.apply(anima, context, 1.0, "positive", 0.0, 1.0, "0-4")
+        (everything,) = apply.apply(anima, context, 1.0, "positive", 0.0, 1.0, "all")
+        (first_half,) = apply.apply(anima, context, 1.0, "positive", 0.0, 0.5, "all")
+    plain = _sample(anima, positive, negative)
+    assert torch.equal(_sample(never, positive, negative), plain)
+    assert torch.equal(_sample(no_blocks, positive, negative), plain)
+    full = _sample(everything, positive, negative)
+    for steered in (some_blocks, first_half):
+        sample = _sample(steered, positive, negative)
+        assert (sample - plain).abs().max() > 1e-5 and (sample - full).abs().max() > 1e-5
+    with pytest.raises(InvalidSettingError, match="blocks"):
+        apply.apply(anima, context, 1.0, "positive", 0.0, 1.0, "0-40")
+    with pytest.raises(InvalidSettingError, match="start_percent"):
+        apply.apply(anima, context, 1.0, "positive", 0.8, 0.2, "all")

@@ -2,7 +2,7 @@ import pytest
 import torch
 from tiny_anima import make_tiny_setup
 
-from anima_context.patch import ContextTokenPatch
+from anima_context.patch import ContextTokenPatch, parse_block_selection
 
 
 def _options(*patches, **extra):
@@ -91,3 +91,38 @@ def test_rejects_bad_arguments():
         ContextTokenPatch(torch.randn(2, 3))
     with pytest.raises(ValueError):
         ContextTokenPatch(torch.randn(1, 2, 3), apply_to="sideways")
+
+
+def test_sigma_range_limits_when_the_tokens_act():
+    tokens = torch.randn(1, 2, 4)
+    k = torch.randn(1, 3, 4)
+    patch = ContextTokenPatch(tokens, sigma_range=(0.8, 0.3))
+    for sigma, acts in [(0.9, False), (0.8, True), (0.5, True), (0.3, True), (0.1, False)]:
+        out = patch(None, k, k, extra_options={"block_index": 0, "sigmas": torch.tensor([sigma])})
+        assert ("k" in out) == acts, sigma
+    assert "k" in patch(None, k, k, extra_options={"block_index": 0})  # training passes no sigmas
+
+
+def test_block_weights_scale_each_blocks_values():
+    tokens = torch.ones(3, 1, 4)
+    k = torch.zeros(1, 2, 4)
+    patch = ContextTokenPatch(tokens, strength=2.0, block_weights=[1.0, 0.0, 0.25])
+    assert torch.allclose(patch(None, k, k, extra_options={"block_index": 0})["v"][0, 2:], torch.full((1, 4), 2.0))
+    assert patch(None, k, k, extra_options={"block_index": 1}) == {}
+    assert torch.allclose(patch(None, k, k, extra_options={"block_index": 2})["v"][0, 2:], torch.full((1, 4), 0.5))
+    with pytest.raises(ValueError, match="block_weights"):
+        ContextTokenPatch(tokens, block_weights=[1.0])
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("all", None), ("", None), ("0-1", [1.0, 1.0, 0.0, 0.0]), ("0, 2-3", [1.0, 0.0, 1.0, 1.0]),
+    ("1.0,0.5,0,2.0", [1.0, 0.5, 0.0, 2.0]),
+])
+def test_block_selection_parses_ranges_lists_and_weights(text, expected):
+    assert parse_block_selection(text, 4) == expected
+
+
+@pytest.mark.parametrize("text", ["0-9", "3-1", "x", "-1"])
+def test_bad_block_selections_are_refused(text):
+    with pytest.raises(ValueError):
+        parse_block_selection(text, 4)
