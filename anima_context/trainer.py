@@ -161,6 +161,8 @@ def train_tokens(
     patch = ContextTokenPatch(tokens)
     options = _merge_patch(transformer_options, patch)
     optimizer = torch.optim.Adam([tokens], lr=settings.learning_rate, **_fused_if_possible(device))
+    # float16 gradients underflow in the backward; Adam ignores a constant gradient scale.
+    loss_scale = 1024.0 if settings.compute_dtype == torch.float16 else 1.0
 
     noise_generator = torch.Generator(device=device).manual_seed(settings.seed)
     x0 = latents.repeat_interleave(settings.draws_per_reference, dim=0)
@@ -182,7 +184,7 @@ def train_tokens(
         for step in range(settings.steps):
             noise = torch.randn(x0.shape, generator=noise_generator, device=device, dtype=x0.dtype)
             loss = _flow_loss(denoiser, x0, noise, all_sigmas[step], options, settings.compute_dtype)
-            loss.backward()
+            (loss * loss_scale).backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             losses[step] = loss.detach()

@@ -43,12 +43,17 @@ def test_same_seed_same_tokens_other_seed_other_tokens():
     assert not torch.equal(a.tokens, c.tokens)
 
 
-def test_bfloat16_compute_trains_float32_tokens():
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_compute_trains_float32_tokens(dtype):
     _, denoiser, latents = make_tiny_setup()
-    result = train_tokens(denoiser, latents, TrainSettings(steps=3, learning_rate=0.05, num_tokens=2, init_std=0.5,
-                                                           seed=0, compute_dtype=torch.bfloat16))
+    settings = TrainSettings(steps=3, learning_rate=0.05, num_tokens=2, init_std=0.5, seed=0, compute_dtype=dtype)
+    result = train_tokens(denoiser, latents, settings)
+    reference = train_tokens(denoiser, latents, TrainSettings(**{**settings.__dict__, "compute_dtype": torch.float32}))
     assert result.tokens.dtype == torch.float32
     assert all(math.isfinite(v) for v in result.loss_curve)
+    # the same direction as float32 training: the loss scale does not change the Adam steps
+    moved, moved_fp32 = result.tokens - result.initial_tokens, reference.tokens - reference.initial_tokens
+    assert torch.nn.functional.cosine_similarity(moved.flatten(), moved_fp32.flatten(), dim=0) > 0.9
 
 
 class _DivergingDenoiser:
