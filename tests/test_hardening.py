@@ -43,7 +43,7 @@ def test_a_batch_of_eight_counts_as_eight_references():
     assert len(prepared) == 8 and sizes == [(30, 40)] * 8
 
 
-def test_an_8192_px_image_is_resized_without_growing_memory_much():
+def test_an_8192_px_image_is_resized_to_the_training_size():
     image = torch.rand(1, 8192, 8192, 3)  # 805 MB in float32
     out = fit_to_square(validate_reference(image, "reference_image"), 512)
     assert out.shape == (1, 512, 512, 3)
