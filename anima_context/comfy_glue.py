@@ -140,7 +140,7 @@ def resolve_dtype(name: str, device: torch.device) -> tuple[torch.dtype, str]:
         # CPUs emulate half precision: a bfloat16 step measured 17x slower than float32 here.
         return torch.float32, f"{name} is slow on the CPU: trained in float32"
     if device.type == "cuda":
-        if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported(including_emulation=False):
             return torch.float16, "bfloat16 is not supported on this GPU: trained in float16"
     return dtype, ""
 

@@ -71,7 +71,6 @@ class TrainResult:
     loss_curve: list[float]
     baseline_loss: float  # held-out loss without the tokens
     context_loss: float  # held-out loss with the trained tokens
-    seconds: float
     lift_curve: list[tuple[int, float]] = field(default_factory=list)  # (step, lift) every eval_every steps
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -231,7 +230,6 @@ def train_tokens(
         baseline_loss=heldout.baseline,
         context_loss=with_context,
         lift_curve=lift_curve,
-        seconds=time.perf_counter() - started,
         timings=timings,
     )
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tiny_anima import make_tiny_setup
+from tiny_anima import DenoiserWrapper, make_tiny_setup
 
 from anima_context.errors import InvalidReferenceImageError, TrainingOutOfMemoryError
 from anima_context.images import fit_to_square, prepare_references, validate_reference
@@ -64,13 +64,12 @@ def test_one_step_zero_init_and_many_tokens_train():
     assert one.initial_tokens.abs().max() == 0 and one.tokens.abs().max() > 0  # zero init still moves
 
 
-class _Recording:
+class _Recording(DenoiserWrapper):
     """Wraps a denoiser, keeps a weak reference to every prediction (they hold the graph)."""
 
     def __init__(self, inner, fail_at=None, error=None):
-        self.inner, self.fail_at, self.error, self.calls, self.outputs = inner, fail_at, error, 0, []
-        self.num_blocks, self.context_width, self.device = inner.num_blocks, inner.context_width, inner.device
-        self.sigmas, self.add_noise = inner.sigmas, inner.add_noise
+        super().__init__(inner)
+        self.fail_at, self.error, self.calls, self.outputs = fail_at, error, 0, []
 
     def velocity(self, x_t, sigma, options):
         out = self.inner.velocity(x_t, sigma, options)

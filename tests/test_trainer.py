@@ -2,7 +2,7 @@ import math
 
 import pytest
 import torch
-from tiny_anima import make_tiny_setup
+from tiny_anima import DenoiserWrapper, make_tiny_setup
 
 from anima_context.errors import InvalidSettingError, TokenOptimizationError
 from anima_context.trainer import TrainSettings, stratified_uniform, train_tokens
@@ -56,13 +56,12 @@ def test_half_precision_compute_trains_float32_tokens(dtype):
     assert torch.nn.functional.cosine_similarity(moved.flatten(), moved_fp32.flatten(), dim=0) > 0.9
 
 
-class _DivergingDenoiser:
+class _DivergingDenoiser(DenoiserWrapper):
     """Wraps a denoiser and returns NaN from the given training call (with grad) on."""
 
     def __init__(self, inner, nan_from_call):
-        self.inner, self.nan_from_call, self.calls = inner, nan_from_call, 0
-        self.num_blocks, self.context_width, self.device = inner.num_blocks, inner.context_width, inner.device
-        self.sigmas, self.add_noise = inner.sigmas, inner.add_noise
+        super().__init__(inner)
+        self.nan_from_call, self.calls = nan_from_call, 0
 
     def velocity(self, x_t, sigma, options):
         self.calls += torch.is_grad_enabled()

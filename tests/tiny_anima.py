@@ -154,3 +154,12 @@ def make_tiny_setup(seed: int = 0, references: int = 2, latent_size: int = 8, **
     denoiser = TinyAnimaDenoiser(model, pad_context(prompt))
     latents = torch.randn(references, LATENT_CHANNELS, 1, latent_size, latent_size, generator=generator)
     return model, denoiser, latents
+
+
+class DenoiserWrapper:
+    """Base for test doubles that wrap a denoiser and change ``velocity``."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.num_blocks, self.context_width, self.device = inner.num_blocks, inner.context_width, inner.device
+        self.sigmas, self.add_noise = inner.sigmas, inner.add_noise
