@@ -23,11 +23,12 @@ class AnimaFastTrainReferenceContext:
     )
     CATEGORY = CATEGORY
     FUNCTION = "train"
-    RETURN_TYPES = (CONTEXT_TYPE, "STRING")
-    RETURN_NAMES = ("AnimaReferenceContext", "info")
+    RETURN_TYPES = (CONTEXT_TYPE, "STRING", "IMAGE")
+    RETURN_NAMES = ("AnimaReferenceContext", "info", "loss_plot")
     OUTPUT_TOOLTIPS = (
         "The trained per-block tokens and their metadata, for the Apply Context node.",
         "Steps, learning rate, loss, identity lift, token norms, references and time taken.",
+        "A picture of the training loss and the identity lift over the steps (connect a Preview Image).",
     )
 
     @classmethod
@@ -63,18 +64,40 @@ class AnimaFastTrainReferenceContext:
                 "reference_image_2": ("IMAGE", {"tooltip": reference_tip}),
                 "reference_image_3": ("IMAGE", {"tooltip": reference_tip}),
             },
+            # The node's id, to show the current loss under its progress bar.
+            "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     def train(self, model, clip, vae, reference_image, training_prompt, seed, training_steps, learning_rate,
-              training_image_size, num_tokens, init_std, training_dtype, reference_image_2=None, reference_image_3=None):
+              training_image_size, num_tokens, init_std, training_dtype, reference_image_2=None, reference_image_3=None,
+              training_mask=None, unique_id=None):
         images = {"reference_image": reference_image, "reference_image_2": reference_image_2,
                   "reference_image_3": reference_image_3}
-        context, info = _glue().train_reference_context(
+        return _glue().train_reference_context(
             model, clip, vae, images, training_prompt, seed=seed, steps=training_steps,
             learning_rate=learning_rate, image_size=training_image_size, num_tokens=num_tokens,
-            init_std=init_std, dtype_name=training_dtype,
+            init_std=init_std, dtype_name=training_dtype, masks=training_mask, node_id=unique_id,
         )
-        return (context, info)
+
+
+class AnimaFastTrainMaskedReferenceContext(AnimaFastTrainReferenceContext):
+    DESCRIPTION = (
+        "Like Train Context Tokens, with a training_mask that weights the loss per pixel: the tokens learn the "
+        "character (white) and not the background (black). One mask for all references or one per reference."
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        spec = super().INPUT_TYPES()
+        required = {}
+        for name, entry in spec["required"].items():
+            required[name] = entry
+            if name == "reference_image":
+                required["training_mask"] = ("MASK", {
+                    "tooltip": "White (1) = the character, black (0) = ignore. One mask for all references or one per "
+                               "reference in order, each the size of its reference. Load Image's MASK is 1 where the "
+                               "picture is transparent: add Invert Mask for a cut-out."})
+        return {**spec, "required": required}
 
 
 class AnimaFastTrainApplyContext:
@@ -167,12 +190,14 @@ class AnimaFastTrainLoadContext:
 
 NODE_CLASS_MAPPINGS = {
     "AnimaFastTrainReferenceContext": AnimaFastTrainReferenceContext,
+    "AnimaFastTrainMaskedReferenceContext": AnimaFastTrainMaskedReferenceContext,
     "AnimaFastTrainApplyContext": AnimaFastTrainApplyContext,
     "AnimaFastTrainSaveContext": AnimaFastTrainSaveContext,
     "AnimaFastTrainLoadContext": AnimaFastTrainLoadContext,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "AnimaFastTrainReferenceContext": "AnimaFastTrain - Train Context Tokens",
+    "AnimaFastTrainMaskedReferenceContext": "AnimaFastTrain - MaskTrain Context Tokens",
     "AnimaFastTrainApplyContext": "AnimaFastTrain - Apply Context",
     "AnimaFastTrainSaveContext": "AnimaFastTrain - Save Context",
     "AnimaFastTrainLoadContext": "AnimaFastTrain - Load Context",

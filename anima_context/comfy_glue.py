@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import time
+from collections.abc import Callable
 
 import comfy.ldm.anima.model
 import comfy.model_management
@@ -21,6 +23,8 @@ from .context_file import confined_path, load_context, save_context
 from .errors import IncompatibleModelError, InvalidSettingError
 from .frozen_weights import autograd_safe_weights
 from .images import prepare_references
+from .loss_plot import training_plot_image
+from .masks import mask_loss_weights
 from .patch import ContextTokenPatch, parse_block_selection
 from .report import format_info
 from .trainer import TrainSettings, train_tokens
@@ -145,18 +149,32 @@ def resolve_dtype(name: str, device: torch.device) -> tuple[torch.dtype, str]:
     return dtype, ""
 
 
+# Held-out lift points per run (plus step 0): each costs about one training step.
+LIFT_POINTS = 4
+VAE_DOWNSCALE = 8
+
+
 def train_reference_context(model, clip, vae, images: dict, prompt: str, seed: int, steps: int,
                             learning_rate: float, image_size: int, num_tokens: int, init_std: float,
-                            dtype_name: str) -> tuple[ReferenceContext, str]:
-    """The train node's work, start to finish; the user's MODEL is never changed."""
+                            dtype_name: str, masks: torch.Tensor | None = None, node_id: str | None = None,
+                            on_progress: Callable[[int, int, float | None], None] | None = None,
+                            ) -> tuple[ReferenceContext, str, torch.Tensor]:
+    """The train nodes' work, start to finish; the user's MODEL is never changed. ``masks`` (a
+    MASK, one for all references or one each) weights the loss per latent pixel. Returns the
+    context, the info text and the loss picture (IMAGE)."""
     started = time.perf_counter()
     num_blocks, width = anima_geometry(model)
     pixels, original_sizes = prepare_references(images, image_size)
+    weights = None
+    if masks is not None:
+        latent_side = image_size // VAE_DOWNSCALE
+        weights = mask_loss_weights(masks, original_sizes, image_size, (latent_side, latent_side))
     patcher = model.clone()
     device = patcher.load_device
     dtype, dtype_note = resolve_dtype(dtype_name, device)
     settings = TrainSettings(steps=steps, learning_rate=learning_rate, num_tokens=num_tokens,
-                             init_std=init_std, seed=seed, compute_dtype=dtype)
+                             init_std=init_std, seed=seed, compute_dtype=dtype,
+                             eval_every=max(1, math.ceil(steps / LIFT_POINTS)))
     settings.validate()
 
     timings = {}
@@ -171,21 +189,28 @@ def train_reference_context(model, clip, vae, images: dict, prompt: str, seed: i
     context = encode_prompt(clip, prompt, patcher.model.diffusion_model, device, text_dtype)
     timings["text_encode"] = time.perf_counter() - mark
 
-    progress = comfy.utils.ProgressBar(steps)
+    progress = comfy.utils.ProgressBar(steps, node_id=node_id)
+    show_text = _progress_text_sender(node_id)
 
     def on_step(step: int, loss: float | None) -> None:
         comfy.model_management.throw_exception_if_processing_interrupted()
         progress.update(1)
+        if loss is not None:  # read back every few steps only, so the GPU never waits
+            show_text(f"step {step + 1}/{steps}\nloss {loss:.4f}")
+        if on_progress is not None:
+            on_progress(step + 1, steps, loss)
 
     with torch.inference_mode(False), torch.enable_grad():
         # Tensors made under inference mode may not be saved for backward: clone the inputs,
         # alias the frozen weights (no copy), leave the user's weights as they are.
         latents = latents.to(device=device, dtype=torch.float32).clone()
         context = context.clone()
+        weights = None if weights is None else weights.to(device).clone()
         denoiser = ComfyAnimaDenoiser(patcher, context, num_blocks, width)
         options = _patches_on_device(patcher.model_options.get("transformer_options", {}), device)
         with autograd_safe_weights(patcher.model.diffusion_model), _training_mode():
-            result = train_tokens(denoiser, latents, settings, transformer_options=options, on_step=on_step)
+            result = train_tokens(denoiser, latents, settings, transformer_options=options,
+                                  loss_weights=weights, on_step=on_step)
     timings.update({f"train_{k}": v for k, v in result.timings.items()})
     timings["total"] = time.perf_counter() - started
 
@@ -200,11 +225,13 @@ def train_reference_context(model, clip, vae, images: dict, prompt: str, seed: i
         "prompt": prompt,
         "reference_count": len(pixels),
         "reference_sizes": original_sizes,
+        "masked": weights is not None,
         "loss_curve": result.loss_curve,
         "final_loss": result.final_loss,
         "heldout_loss_without": result.baseline_loss,
         "heldout_loss_with": result.context_loss,
         "lift": result.lift,
+        "lift_curve": result.lift_curve,
         "num_blocks": num_blocks,
         "width": width,
         "model": type(patcher.model.diffusion_model).__name__,
@@ -213,7 +240,22 @@ def train_reference_context(model, clip, vae, images: dict, prompt: str, seed: i
     }
     context_out = ReferenceContext(tokens=result.tokens, metadata=metadata)
     info = format_info(context_out, result.initial_tokens, timings, notes=[dtype_note] if dtype_note else [])
-    return context_out, info
+    return context_out, info, training_plot_image(metadata)
+
+
+def _progress_text_sender(node_id: str | None) -> Callable[[str], None]:
+    """Text under the node's progress bar (the current loss), when a ComfyUI server runs it."""
+    server = None
+    if node_id is not None:
+        try:
+            from server import PromptServer
+
+            server = getattr(PromptServer, "instance", None)
+        except ImportError:  # a script or test without the server
+            server = None
+    if server is None or not hasattr(server, "send_progress_text"):
+        return lambda text: None
+    return lambda text: server.send_progress_text(text, node_id)
 
 
 def _patches_on_device(transformer_options: dict, device) -> dict:

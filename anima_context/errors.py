@@ -33,3 +33,7 @@ class TrainingOutOfMemoryError(AnimaFastTrainError, MemoryError):
 
 class InvalidContextFileError(AnimaFastTrainError, ValueError):
     phrase = "Invalid context file"
+
+
+class InvalidTrainingMaskError(AnimaFastTrainError, ValueError):
+    phrase = "Invalid training mask"

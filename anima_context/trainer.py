@@ -49,7 +49,7 @@ class TrainSettings:
     draws_per_reference: int = 1
     eval_draws_per_reference: int = 2
     loss_readback_every: int = 10
-    eval_every: int = 0  # measure the held-out lift every N steps (0: only at the end)
+    eval_every: int = 0  # held-out lift at step 0, every N steps and at the end (0: only at the end)
 
     def validate(self) -> None:
         checks = [
@@ -93,11 +93,27 @@ def stratified_uniform(count: int, generator: torch.Generator) -> torch.Tensor:
     return u.clamp(1e-4, 1 - 1e-4).float()
 
 
-def _flow_loss(denoiser: Denoiser, x0, noise, sigma, options, compute_dtype) -> torch.Tensor:
+def _flow_loss(denoiser: Denoiser, x0, noise, sigma, options, compute_dtype, weights=None) -> torch.Tensor:
+    """Flow-matching MSE; ``weights`` (from ``normalized_loss_weights``) make it a per-sample
+    weighted mean over the latent pixels that count."""
     x_t = denoiser.add_noise(x0, noise, sigma)
     with torch.autocast(x0.device.type, dtype=compute_dtype, enabled=compute_dtype != torch.float32):
         prediction = denoiser.velocity(x_t, sigma, options)
-    return torch.nn.functional.mse_loss(prediction.float(), (noise - x0).float())
+    if weights is None:
+        return torch.nn.functional.mse_loss(prediction.float(), (noise - x0).float())
+    return ((prediction.float() - (noise - x0).float()).square() * weights).sum() / x0.shape[0]
+
+
+def normalized_loss_weights(weights: torch.Tensor | None, latents: torch.Tensor) -> torch.Tensor | None:
+    """Per-latent-pixel weights [R, 1, T, h, w] (or broadcastable) scaled so that each sample's
+    weights sum to 1 over all its elements: with all-ones weights the loss is exactly the MSE."""
+    if weights is None:
+        return None
+    weights = weights.to(device=latents.device, dtype=torch.float32).expand(latents.shape[0], 1, *latents.shape[2:])
+    per_sample = weights.sum(dim=tuple(range(1, weights.ndim)), keepdim=True) * latents.shape[1]
+    if not bool((per_sample > 0).all()):
+        raise InvalidSettingError("a loss mask is all zero for one of the references: nothing would be learnt from it.")
+    return (weights / per_sample).contiguous()
 
 
 def _merge_patch(transformer_options: dict | None, patch: ContextTokenPatch) -> dict:
@@ -113,11 +129,13 @@ class HeldOutSet:
     measure the identity lift. The loss without tokens is computed once: it cannot change."""
 
     def __init__(self, denoiser: Denoiser, latents: torch.Tensor, draws: int, seed: int,
-                 compute_dtype: torch.dtype, transformer_options: dict | None = None):
+                 compute_dtype: torch.dtype, transformer_options: dict | None = None,
+                 weights: torch.Tensor | None = None):
         generator = torch.Generator().manual_seed(seed + 0x5EED)
         self.denoiser, self.compute_dtype = denoiser, compute_dtype
         self.options = dict(transformer_options or {})
         self.x0 = latents.repeat_interleave(draws, dim=0)
+        self.weights = None if weights is None else weights.repeat_interleave(draws, dim=0)
         u = stratified_uniform(self.x0.shape[0], generator)
         self.noise = torch.randn(self.x0.shape, generator=generator).to(latents.device, latents.dtype)
         self.sigma = denoiser.sigmas(u).to(latents.device, latents.dtype)
@@ -126,7 +144,7 @@ class HeldOutSet:
     def loss(self, tokens: torch.Tensor | None) -> float:
         options = self.options if tokens is None else _merge_patch(self.options, ContextTokenPatch(tokens))
         with torch.no_grad():
-            return float(_flow_loss(self.denoiser, self.x0, self.noise, self.sigma, options, self.compute_dtype))
+            return float(_flow_loss(self.denoiser, self.x0, self.noise, self.sigma, options, self.compute_dtype, self.weights))
 
     def lift(self, tokens: torch.Tensor) -> tuple[float, float]:
         """(loss with tokens, identity lift)."""
@@ -140,10 +158,13 @@ def train_tokens(
     settings: TrainSettings,
     *,
     transformer_options: dict | None = None,
+    loss_weights: torch.Tensor | None = None,
     on_step: Callable[[int, float | None], None] | None = None,
 ) -> TrainResult:
     """Train ``settings.num_tokens`` tokens per block on ``latents`` [R, C, T, h, w].
 
+    ``loss_weights`` [R, 1, T, h, w] (a mask at latent resolution) weights the loss per latent
+    pixel, so the tokens learn what is weighted (the character) and not the rest.
     ``on_step(step, loss_or_None)`` runs after every step (progress, cancel); the loss is
     only read back every ``loss_readback_every`` steps so a GPU never waits on the host.
     """
@@ -165,6 +186,8 @@ def train_tokens(
 
     noise_generator = torch.Generator(device=device).manual_seed(settings.seed)
     x0 = latents.repeat_interleave(settings.draws_per_reference, dim=0)
+    weights = normalized_loss_weights(loss_weights, latents)
+    step_weights = None if weights is None else weights.repeat_interleave(settings.draws_per_reference, dim=0)
     batch = x0.shape[0]
     # Every timestep of the run is drawn up front on the CPU: no host work or sync per step.
     all_sigmas = denoiser.sigmas(
@@ -176,13 +199,15 @@ def train_tokens(
     timings = {"prepare": time.perf_counter() - started}
     eval_started = time.perf_counter()
     heldout = HeldOutSet(denoiser, latents, settings.eval_draws_per_reference, settings.seed,
-                         settings.compute_dtype, transformer_options)
+                         settings.compute_dtype, transformer_options, weights)
+    if settings.eval_every:
+        lift_curve.append((0, heldout.lift(tokens.detach())[1]))
     timings["evaluate"] = time.perf_counter() - eval_started
-    loop_started = time.perf_counter()
+    loop_started, evaluate_before_loop = time.perf_counter(), timings["evaluate"]
     try:
         for step in range(settings.steps):
             noise = torch.randn(x0.shape, generator=noise_generator, device=device, dtype=x0.dtype)
-            loss = _flow_loss(denoiser, x0, noise, all_sigmas[step], options, settings.compute_dtype)
+            loss = _flow_loss(denoiser, x0, noise, all_sigmas[step], options, settings.compute_dtype, step_weights)
             (loss * loss_scale).backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -193,11 +218,14 @@ def train_tokens(
                 loss_curve.extend(losses[first_new : step + 1].tolist())
                 _raise_if_diverged(loss_curve, first_new, settings)
                 reported = loss_curve[-1]
-            if settings.eval_every and (step + 1) % settings.eval_every == 0:
+            if settings.eval_every and (step + 1) % settings.eval_every == 0 and step + 1 < settings.steps:
+                eval_started = time.perf_counter()
                 lift_curve.append((step + 1, heldout.lift(tokens.detach())[1]))
+                timings["evaluate"] += time.perf_counter() - eval_started
             if on_step is not None:
                 on_step(step, reported)
-        timings["loop"] = time.perf_counter() - loop_started
+        # The loop's time without the lift evaluations inside it (those count as "evaluate").
+        timings["loop"] = time.perf_counter() - loop_started - (timings["evaluate"] - evaluate_before_loop)
         trained = tokens.detach().float().cpu()
         if not bool(torch.isfinite(trained).all()):
             raise TokenOptimizationError(
@@ -205,8 +233,10 @@ def train_tokens(
                 "or use training_dtype float32."
             )
         eval_started = time.perf_counter()
-        with_context, _ = heldout.lift(tokens.detach())
+        with_context, final_lift = heldout.lift(tokens.detach())
         timings["evaluate"] += time.perf_counter() - eval_started
+        if settings.eval_every:  # the final evaluation closes the curve: no extra pass
+            lift_curve.append((settings.steps, final_lift))
     except torch.OutOfMemoryError as error:
         _release_frames(error)
         raise TrainingOutOfMemoryError(
@@ -222,7 +252,7 @@ def train_tokens(
         # Drop the optimiser state, the graph and the batch now, also on cancel or error.
         optimizer.state.clear()
         tokens.grad = None
-        loss = noise = x0 = all_sigmas = None  # noqa: F841
+        loss = noise = x0 = all_sigmas = step_weights = None  # noqa: F841
     return TrainResult(
         tokens=trained,
         initial_tokens=initial,

@@ -26,8 +26,8 @@ def trained(pack, anima):
                   reference_image_3=torch.rand(1, 72, 72, 4, generator=generator))
     node = pack.NODE_CLASS_MAPPINGS["AnimaFastTrainReferenceContext"]()
     with torch.inference_mode():  # every ComfyUI node runs in inference mode
-        context, info = node.train(anima, FakeAnimaClip(), FakeWanVae(), **images, **TRAIN_ARGS)
-    return context, info
+        context, info, plot = node.train(anima, FakeAnimaClip(), FakeWanVae(), **images, **TRAIN_ARGS)
+    return context, info, plot
 
 
 def _snapshot(model):
@@ -40,7 +40,7 @@ def _snapshot(model):
 
 
 def test_training_reaches_every_block_and_lowers_the_heldout_loss(trained):
-    context, info = trained
+    context, info, plot = trained
     assert context.tokens.shape == (10, 4, 1024)
     # The trainer's init for this seed (a CPU generator, as in train_tokens); every block must have moved.
     initial = torch.randn((10, 4, 1024), generator=torch.Generator().manual_seed(TRAIN_ARGS["seed"])) * TRAIN_ARGS["init_std"]
@@ -50,13 +50,16 @@ def test_training_reaches_every_block_and_lowers_the_heldout_loss(trained):
     assert meta["reference_count"] == 4 and meta["steps"] == 6 and len(meta["loss_curve"]) == 6
     assert meta["heldout_loss_with"] < meta["heldout_loss_without"]
     assert "identity lift" in info and "references: 4 (64x80, 96x64, 96x64, 72x72)" in info
+    # the lift is measured at step 0, every ceil(6 / 4) = 2 steps and at the end; the picture is an IMAGE
+    assert [step for step, _ in meta["lift_curve"]] == [0, 2, 4, 6] and meta["lift_curve"][-1][1] == meta["lift"]
+    assert plot.shape == (1, 400, 640, 3) and plot.dtype == torch.float32 and float(plot.std()) > 0.05
 
 
 def test_half_precision_falls_back_to_float32_on_the_cpu_with_a_note(pack, anima):
     node = pack.NODE_CLASS_MAPPINGS["AnimaFastTrainReferenceContext"]()
     with torch.inference_mode():
-        context, info = node.train(anima, FakeAnimaClip(), FakeWanVae(), torch.rand(1, 64, 64, 3),
-                                   **{**TRAIN_ARGS, "training_steps": 1, "training_dtype": "bfloat16"})
+        context, info, _ = node.train(anima, FakeAnimaClip(), FakeWanVae(), torch.rand(1, 64, 64, 3),
+                                      **{**TRAIN_ARGS, "training_steps": 1, "training_dtype": "bfloat16"})
     assert context.metadata["dtype"] == "float32"
     assert "note: bfloat16 is slow on the CPU: trained in float32" in info
 
@@ -106,7 +109,7 @@ def _sample(model, cond, negative, seed=3):
 
 
 def test_applied_context_changes_the_sample_and_strength_zero_does_not(pack, anima, trained):
-    context, _ = trained
+    context, _, _ = trained
     clip = FakeAnimaClip()
     positive = clip.encode_from_tokens_scheduled("a girl")
     negative = clip.encode_from_tokens_scheduled("worst quality")
@@ -127,7 +130,7 @@ def test_apply_refuses_other_models_and_mismatched_contexts(pack, anima, trained
     from anima_context.context import ReferenceContext
     from anima_context.errors import IncompatibleModelError
 
-    context, _ = trained
+    context, _, _ = trained
     apply = pack.NODE_CLASS_MAPPINGS["AnimaFastTrainApplyContext"]()
 
     class NotAnima:
@@ -139,12 +142,26 @@ def test_apply_refuses_other_models_and_mismatched_contexts(pack, anima, trained
         apply.apply(anima, ReferenceContext(torch.zeros(28, 4, 1024), {}), 1.0)
 
 
-def test_example_workflows_match_the_node_definitions(pack, comfyui):
-    from comfy_extras import nodes_preview_any
+def _extra_nodes(*module_names):
+    """Node classes of comfy_extras modules, old style (NODE_CLASS_MAPPINGS) or V3 (comfy_entrypoint)."""
+    import asyncio
+    import importlib
 
+    found = {}
+    for name in module_names:
+        module = importlib.import_module(f"comfy_extras.{name}")
+        if hasattr(module, "NODE_CLASS_MAPPINGS"):
+            found.update(module.NODE_CLASS_MAPPINGS)
+            continue
+        extension = asyncio.run(module.comfy_entrypoint())
+        found.update({node.GET_SCHEMA().node_id: node for node in asyncio.run(extension.get_node_list())})
+    return found
+
+
+def test_example_workflows_match_the_node_definitions(pack, comfyui):
     import nodes as comfy_nodes
 
-    known = {**comfy_nodes.NODE_CLASS_MAPPINGS, **nodes_preview_any.NODE_CLASS_MAPPINGS, **pack.NODE_CLASS_MAPPINGS}
+    known = {**comfy_nodes.NODE_CLASS_MAPPINGS, **_extra_nodes("nodes_preview_any", "nodes_mask"), **pack.NODE_CLASS_MAPPINGS}
     workflows = sorted((REPO / "example_workflows").glob("*.json"))
     assert workflows
     for path in workflows:
@@ -188,7 +205,7 @@ def test_save_then_load_samples_the_same_latent_and_nothing_lands_outside(pack, 
     contexts = tmp_path / "models" / "anima_contexts"
     monkeypatch.setitem(folder_paths.folder_names_and_paths, "anima_contexts", ([str(contexts)], {".safetensors"}))
     monkeypatch.setattr(folder_paths, "get_output_directory", lambda: str(tmp_path / "output"))
-    context, _ = trained
+    context, _, _ = trained
     save = pack.NODE_CLASS_MAPPINGS["AnimaFastTrainSaveContext"]()
     ui = save.save(context, "hero", "anima_contexts")
     save.save(context, "hero", "output")
@@ -238,7 +255,7 @@ def test_odd_prompts_encode_to_a_finite_context_and_train(pack, anima, real_clip
     assert bool(torch.isfinite(context).all())
     node = pack.NODE_CLASS_MAPPINGS["AnimaFastTrainReferenceContext"]()
     with torch.inference_mode():
-        trained, info = node.train(anima, real_clip, FakeWanVae(), torch.rand(1, 64, 64, 3),
+        trained, _, _ = node.train(anima, real_clip, FakeWanVae(), torch.rand(1, 64, 64, 3),
                                    **{**TRAIN_ARGS, "training_prompt": prompt, "training_steps": 1})
     assert bool(torch.isfinite(trained.tokens).all()) and trained.metadata["prompt"] == prompt
 
@@ -261,7 +278,7 @@ def test_dtype_fallbacks_on_devices_that_lack_the_dtype(comfyui, monkeypatch):
 def test_percent_range_and_block_selection_steer_the_context(pack, anima, trained):
     from anima_context.errors import InvalidSettingError
 
-    context, _ = trained
+    context, _, _ = trained
     clip = FakeAnimaClip()
     positive, negative = clip.encode_from_tokens_scheduled("a girl"), clip.encode_from_tokens_scheduled("bad")
     apply = pack.NODE_CLASS_MAPPINGS["AnimaFastTrainApplyContext"]()
@@ -282,3 +299,42 @@ def test_percent_range_and_block_selection_steer_the_context(pack, anima, traine
         apply.apply(anima, context, 1.0, "positive", 0.0, 1.0, "0-40")
     with pytest.raises(InvalidSettingError, match="start_percent"):
         apply.apply(anima, context, 1.0, "positive", 0.8, 0.2, "all")
+
+
+def test_masked_node_trains_weights_the_loss_and_shows_the_loss_under_the_progress_bar(pack, anima, monkeypatch):
+    import sys
+    import types
+
+    import comfy.utils
+
+    from anima_context.errors import InvalidTrainingMaskError
+
+    sent, bar = [], []
+
+    class FakePromptServer:
+        instance = types.SimpleNamespace(send_progress_text=lambda text, node_id: sent.append((node_id, text)))
+
+    monkeypatch.setitem(sys.modules, "server", types.SimpleNamespace(PromptServer=FakePromptServer))
+    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", lambda value, total, preview, node_id=None: bar.append((value, total, node_id)))
+    generator = torch.Generator().manual_seed(1)
+    image = torch.rand(1, 80, 64, 3, generator=generator)
+    mask = torch.zeros(1, 80, 64)
+    mask[:, 16:64, 16:48] = 1.0
+    node = pack.NODE_CLASS_MAPPINGS["AnimaFastTrainMaskedReferenceContext"]()
+    args = {**TRAIN_ARGS, "training_steps": 10}
+    with torch.inference_mode():
+        masked, info, plot = node.train(anima, FakeAnimaClip(), FakeWanVae(), image, training_mask=mask, unique_id="42", **args)
+        plain, _, _ = pack.NODE_CLASS_MAPPINGS["AnimaFastTrainReferenceContext"]().train(
+            anima, FakeAnimaClip(), FakeWanVae(), image, **args)
+    assert masked.metadata["masked"] is True and plain.metadata["masked"] is False
+    assert "loss weighted by the training mask" in info and plot.shape == (1, 400, 640, 3)
+    # the held-out loss is measured where the mask is: another baseline than the unmasked one, and lowered
+    assert masked.metadata["heldout_loss_without"] != pytest.approx(plain.metadata["heldout_loss_without"])
+    assert masked.metadata["heldout_loss_with"] < masked.metadata["heldout_loss_without"]
+    assert not torch.allclose(masked.tokens, plain.tokens)
+    assert sent == [("42", f"step 10/10\nloss {masked.metadata['final_loss']:.4f}")]
+    assert (10, 10, "42") in bar and (10, 10, None) in bar
+    with pytest.raises(InvalidTrainingMaskError, match="all zero"), torch.inference_mode():
+        node.train(anima, FakeAnimaClip(), FakeWanVae(), image, training_mask=torch.zeros(1, 80, 64), **args)
+    with pytest.raises(InvalidTrainingMaskError, match="size mismatch"), torch.inference_mode():
+        node.train(anima, FakeAnimaClip(), FakeWanVae(), image, training_mask=torch.ones(1, 64, 64), **args)

@@ -5,7 +5,7 @@ import torch
 from tiny_anima import DenoiserWrapper, make_tiny_setup
 
 from anima_context.errors import InvalidSettingError, TokenOptimizationError
-from anima_context.trainer import TrainSettings, stratified_uniform, train_tokens
+from anima_context.trainer import HeldOutSet, TrainSettings, _flow_loss, normalized_loss_weights, stratified_uniform, train_tokens
 
 SETTINGS = TrainSettings(steps=30, learning_rate=0.2, num_tokens=4, init_std=1.0, seed=3,
                          draws_per_reference=2, eval_draws_per_reference=8)
@@ -129,8 +129,63 @@ def test_stratified_uniform_covers_every_stratum():
     assert bool(((u > 0) & (u < 1)).all())
 
 
-def test_lift_curve_is_recorded_every_eval_every_steps_and_ends_at_the_final_lift():
+@pytest.mark.parametrize("steps, every, points", [(9, 3, [0, 3, 6, 9]), (10, 4, [0, 4, 8, 10])])
+def test_lift_curve_starts_at_the_init_and_ends_at_the_final_lift(steps, every, points):
     _, denoiser, latents = make_tiny_setup()
-    result = train_tokens(denoiser, latents, TrainSettings(**{**SETTINGS.__dict__, "steps": 9, "eval_every": 3}))
-    assert [step for step, _ in result.lift_curve] == [3, 6, 9]
+    calls = []
+
+    class Counting(DenoiserWrapper):
+        def velocity(self, x_t, sigma, options):
+            calls.append(torch.is_grad_enabled())
+            return self.inner.velocity(x_t, sigma, options)
+
+    result = train_tokens(Counting(denoiser), latents, TrainSettings(**{**SETTINGS.__dict__, "steps": steps, "eval_every": every}))
+    assert [step for step, _ in result.lift_curve] == points
     assert result.lift_curve[-1][1] == pytest.approx(result.lift)
+    heldout = HeldOutSet(denoiser, latents, SETTINGS.eval_draws_per_reference, SETTINGS.seed, torch.float32)
+    assert result.lift_curve[0][1] == pytest.approx(heldout.lift(result.initial_tokens)[1])
+    # one pass without tokens, one per lift point (the final one closes the curve), one per step
+    assert calls.count(False) == 1 + len(points) and calls.count(True) == steps
+
+
+def test_all_ones_loss_weights_train_exactly_like_no_weights():
+    _, denoiser, latents = make_tiny_setup()
+    plain = train_tokens(denoiser, latents, SETTINGS)
+    ones = train_tokens(denoiser, latents, SETTINGS, loss_weights=torch.ones(latents.shape[0], 1, 1, 8, 8))
+    assert torch.allclose(ones.tokens, plain.tokens, atol=1e-5)
+    assert ones.loss_curve == pytest.approx(plain.loss_curve, rel=1e-5)
+
+
+def test_weighted_loss_is_the_mean_error_over_the_weighted_pixels_of_each_sample():
+    _, denoiser, latents = make_tiny_setup()
+    weights = torch.zeros(2, 1, 1, 8, 8)
+    weights[0, ..., :4] = 1.0  # left half of reference 1
+    weights[1, ..., 2, 3] = 1.0  # one latent pixel of reference 2
+    noise, sigma = torch.randn(latents.shape), torch.tensor([0.3, 0.8])
+    loss = _flow_loss(denoiser, latents, noise, sigma, {}, torch.float32, normalized_loss_weights(weights, latents))
+    with torch.no_grad():
+        error = (denoiser.velocity(denoiser.add_noise(latents, noise, sigma), sigma, {}) - (noise - latents)).square()
+    expected = (error[0, ..., :4].mean() + error[1, :, :, 2, 3].mean()) / 2
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_masked_training_lowers_the_loss_where_the_mask_is_and_differs_from_plain_training():
+    _, denoiser, latents = make_tiny_setup()
+    weights = torch.zeros(2, 1, 1, 8, 8)
+    weights[..., 2:6, 2:6] = 1.0
+    masked = train_tokens(denoiser, latents, SETTINGS, loss_weights=weights)
+    plain = train_tokens(denoiser, latents, SETTINGS)
+    # the held-out set is weighted the same way: the lift is measured where the mask is
+    heldout = HeldOutSet(denoiser, latents, SETTINGS.eval_draws_per_reference, SETTINGS.seed, torch.float32,
+                         weights=normalized_loss_weights(weights, latents))
+    assert masked.baseline_loss == pytest.approx(heldout.baseline) and masked.baseline_loss != pytest.approx(plain.baseline_loss)
+    assert masked.context_loss < masked.baseline_loss
+    assert not torch.allclose(masked.tokens, plain.tokens)
+
+
+def test_an_all_zero_weight_for_one_reference_is_refused():
+    _, denoiser, latents = make_tiny_setup()
+    weights = torch.ones(2, 1, 1, 8, 8)
+    weights[1] = 0.0
+    with pytest.raises(InvalidSettingError, match="all zero"):
+        train_tokens(denoiser, latents, SETTINGS, loss_weights=weights)
