@@ -231,7 +231,7 @@ def time_to_context(setup: Setup, steps: int) -> tuple[float, dict, object]:
 
         image = torch.rand(1, setup.args.size, setup.args.size, 3)
         with torch.inference_mode():
-            context, _ = comfy_glue.train_reference_context(
+            context, _, _ = comfy_glue.train_reference_context(
                 setup.patcher, FakeAnimaClip(), FakeWanVae(), {"reference_image": image}, "1girl", seed=0, steps=steps,
                 image_size=setup.args.size, dtype_name=setup.args.dtype, **DEFAULTS)
         meta = context.metadata

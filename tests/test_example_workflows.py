@@ -1,0 +1,196 @@
+"""The example workflows (ComfyUI UI format) and their template thumbnails, checked without ComfyUI:
+links, model download links, and the pack's own nodes against their definitions."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+from conftest import REPO
+from PIL import Image
+
+WORKFLOWS = REPO / "example_workflows"
+EXPECTED = {"anima_fasttrain_basic", "anima_fasttrain_masked", "anima_fasttrain_save_then_load",
+            "anima_fasttrain_three_references_steering"}
+LOADERS = {"UNETLoader": "diffusion_models", "CLIPLoader": "text_encoders", "VAELoader": "vae"}
+NOTES = {"Note", "MarkdownNote"}
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+TITLE_HEIGHT = 30
+PATHS = sorted(WORKFLOWS.glob("*.json"))
+
+
+def _load(path):
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _picture_tool():
+    spec = importlib.util.spec_from_file_location("workflow_picture", REPO / "tools" / "workflow_picture.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture()
+def node_specs(pack, monkeypatch):
+    """INPUT_TYPES of the pack's nodes; Load Context lists ComfyUI's models folder, so its list is faked."""
+
+    class FakeGlue:
+        @staticmethod
+        def list_saved_contexts():
+            return ["character_00001.safetensors"]
+
+    monkeypatch.setattr(pack.nodes, "_glue", lambda: FakeGlue)
+    return {name: node.INPUT_TYPES() for name, node in pack.NODE_CLASS_MAPPINGS.items()}
+
+
+def test_the_expected_workflows_exist():
+    assert EXPECTED <= {path.stem for path in PATHS}
+
+
+@pytest.mark.parametrize("path", PATHS, ids=lambda p: p.stem)
+def test_every_workflow_has_a_jpeg_thumbnail_of_its_graph(path):
+    picture = path.with_suffix(".jpg")
+    assert picture.is_file(), f"run: python tools/workflow_picture.py {path.relative_to(REPO)}"
+    assert picture.stat().st_size < 300_000
+    with Image.open(picture) as image:
+        assert image.format == "JPEG"
+        assert 512 <= max(image.size) <= 2048 and min(image.size) >= 256
+        # The picture's shape follows the graph's bounds: a moved node without a new picture shows here.
+        expected = _picture_tool().render(_load(path), longest_side=max(image.size), display_names={}).size
+        assert abs(image.size[0] - expected[0]) <= 1 and abs(image.size[1] - expected[1]) <= 1, "stale thumbnail"
+
+
+@pytest.mark.parametrize("path", PATHS, ids=lambda p: p.stem)
+def test_links_ids_and_positions_are_consistent(path):
+    workflow = _load(path)
+    nodes = workflow["nodes"]
+    by_id = {node["id"]: node for node in nodes}
+    assert len(by_id) == len(nodes), "duplicate node ids"
+    link_ids = [link[0] for link in workflow["links"]]
+    assert len(set(link_ids)) == len(link_ids), "duplicate link ids"
+    assert workflow["last_node_id"] >= max(by_id)
+    assert workflow["last_link_id"] >= max(link_ids, default=0)
+    for link_id, source, slot, target, target_slot, link_type in workflow["links"]:
+        output = by_id[source]["outputs"][slot]
+        assert output["type"] == link_type, (link_id, output)
+        assert link_id in output["links"], link_id
+        target_input = by_id[target]["inputs"][target_slot]
+        assert target_input["link"] == link_id, (link_id, target_input)
+        assert target_input["type"] in (link_type, "*"), (link_id, target_input)
+    listed = {link_id for node in nodes for output in node.get("outputs", []) for link_id in output.get("links") or []}
+    listed |= {entry["link"] for node in nodes for entry in node.get("inputs", []) if entry.get("link") is not None}
+    assert listed == set(link_ids), "a node names a link that the links table lacks, or the reverse"
+    boxes = [(node["id"], node["pos"][0], node["pos"][1] - TITLE_HEIGHT, node["pos"][0] + node["size"][0],
+              node["pos"][1] + node["size"][1]) for node in nodes]
+    for i, (a, ax0, ay0, ax1, ay1) in enumerate(boxes):
+        for b, bx0, by0, bx1, by1 in boxes[i + 1:]:
+            assert ax1 <= bx0 or bx1 <= ax0 or ay1 <= by0 or by1 <= ay0, f"nodes {a} and {b} overlap"
+
+
+@pytest.mark.parametrize("path", PATHS, ids=lambda p: p.stem)
+def test_every_model_loader_links_the_official_anima_file(path):
+    loaders = [node for node in _load(path)["nodes"] if node["type"] in LOADERS]
+    assert {node["type"] for node in loaders} == set(LOADERS)
+    for node in loaders:
+        (model,) = node["properties"]["models"]
+        file_name = node["widgets_values"][0]
+        assert model["name"] == file_name
+        assert model["url"].startswith("https://huggingface.co/circlestone-labs/Anima/") and model["url"].endswith("/" + file_name)
+        assert model["directory"] == LOADERS[node["type"]]
+
+
+def _widget_names(declared):
+    names = []
+    for name, entry in declared.items():
+        if isinstance(entry[0], list) or entry[0] in WIDGET_TYPES:
+            names.append(name)
+            if name in ("seed", "noise_seed") and entry[0] == "INT":
+                names.append(None)  # the frontend's 'control after generate' value
+    return names
+
+
+def _check_value(name, entry, value):
+    kind, options = entry[0], (entry[1] if len(entry) > 1 else {})
+    if isinstance(kind, list):
+        assert value in kind, (name, value)
+    elif kind == "INT":
+        assert isinstance(value, int) and options.get("min", value) <= value <= options.get("max", value), (name, value)
+    elif kind == "FLOAT":
+        assert isinstance(value, (int, float)) and options.get("min", value) <= value <= options.get("max", value), (name, value)
+    elif kind == "STRING":
+        assert isinstance(value, str), (name, value)
+
+
+@pytest.mark.parametrize("path", PATHS, ids=lambda p: p.stem)
+def test_the_packs_nodes_match_their_definitions(path, pack, node_specs):
+    ours = [node for node in _load(path)["nodes"] if node["type"].startswith("AnimaFastTrain")]
+    assert ours
+    for node in ours:
+        assert node["type"] in pack.NODE_CLASS_MAPPINGS, node["type"]
+        spec = node_specs[node["type"]]
+        declared = {**spec.get("required", {}), **spec.get("optional", {})}
+        widgets = _widget_names(declared)
+        sockets = [name for name in declared if name not in widgets]
+        # (a frontend that saves widgets as inputs too marks them with "widget")
+        connectable = [entry for entry in node.get("inputs", []) if "widget" not in entry]
+        assert [entry["name"] for entry in connectable] == sockets, node["type"]
+        for entry in connectable:
+            assert entry["type"] == declared[entry["name"]][0], (node["type"], entry)
+        values = node.get("widgets_values", [])
+        assert len(values) == len(widgets), (node["type"], values)
+        for name, value in zip(widgets, values):
+            if name is None:
+                assert value in ("fixed", "increment", "decrement", "randomize"), value
+            elif node["type"] != "AnimaFastTrainLoadContext":  # its list is the user's saved files
+                _check_value(name, declared[name], value)
+        outputs = node.get("outputs", [])
+        node_class = pack.NODE_CLASS_MAPPINGS[node["type"]]
+        assert tuple(output["type"] for output in outputs) == tuple(node_class.RETURN_TYPES), node["type"]
+        names = getattr(node_class, "RETURN_NAMES", None) or node_class.RETURN_TYPES
+        assert tuple(output["name"] for output in outputs) == tuple(names), node["type"]
+
+
+def test_each_example_shows_what_it_is_about(pack):
+    types = {path.stem: [node["type"] for node in _load(path)["nodes"]] for path in PATHS}
+    basic, masked = types["anima_fasttrain_basic"], types["anima_fasttrain_masked"]
+    assert "AnimaFastTrainReferenceContext" in basic and "PreviewImage" in basic
+    assert {"AnimaFastTrainMaskedReferenceContext", "InvertMask", "MarkdownNote", "PreviewImage"} <= set(masked)
+    assert {"AnimaFastTrainSaveContext", "AnimaFastTrainLoadContext"} <= set(types["anima_fasttrain_save_then_load"])
+    steering = _load(WORKFLOWS / "anima_fasttrain_three_references_steering.json")
+    (train,) = [n for n in steering["nodes"] if n["type"] == "AnimaFastTrainReferenceContext"]
+    assert all(entry["link"] is not None for entry in train["inputs"])  # all three references connected
+    (apply,) = [n for n in steering["nodes"] if n["type"] == "AnimaFastTrainApplyContext"]
+    assert apply["widgets_values"][2:] != [0.0, 1.0, "all"]  # steered: not the defaults
+
+
+def test_every_train_node_shows_its_loss_plot():
+    for path in PATHS:
+        workflow = _load(path)
+        by_id = {node["id"]: node for node in workflow["nodes"]}
+        for node in workflow["nodes"]:
+            if node["type"] in ("AnimaFastTrainReferenceContext", "AnimaFastTrainMaskedReferenceContext"):
+                (link_id,) = node["outputs"][2]["links"]
+                (target,) = [link[3] for link in workflow["links"] if link[0] == link_id]
+                assert by_id[target]["type"] == "PreviewImage", path.name
+
+
+def test_the_renderer_draws_the_graph(tmp_path):
+    tool = _picture_tool()
+    source = WORKFLOWS / "anima_fasttrain_basic.json"
+    out = tool.write_picture(source, tmp_path / "basic.jpg", longest_side=640)
+    with Image.open(out) as image:
+        assert image.format == "JPEG" and max(image.size) == 640
+        pixels = image.convert("L")
+        low, high = pixels.getextrema()
+        assert high - low > 100  # not a blank canvas: boxes, text and links
+        assert len(image.convert("RGB").resize((160, 100)).getcolors(16000)) > 200
+
+
+def test_the_renderer_reads_the_packs_display_names_without_importing_it(pack):
+    assert _picture_tool().pack_display_names() == pack.NODE_DISPLAY_NAME_MAPPINGS
+
+
+def test_the_renderer_copes_with_an_empty_graph(tmp_path):
+    image = _picture_tool().render({"nodes": [], "links": []}, longest_side=256, display_names={})
+    assert max(image.size) == 256

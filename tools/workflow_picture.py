@@ -1,0 +1,370 @@
+"""Draw a ComfyUI workflow (UI-format JSON) as a picture of its graph: the thumbnail ComfyUI's template
+browser shows next to a custom node's ``example_workflows/<name>.json`` is ``<name>.jpg``.
+
+    python tools/workflow_picture.py example_workflows/*.json        # writes example_workflows/<name>.jpg
+
+Needs only Pillow. The pack's display names are read from nodes.py as text (no ComfyUI, no torch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import math
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+REPO = Path(__file__).resolve().parents[1]
+
+TITLE_HEIGHT = 30  # LiteGraph's title bar sits above node["pos"]
+SLOT_HEIGHT = 20
+WIDGET_HEIGHT = 24
+SUPERSAMPLE = 2
+
+BACKGROUND = (24, 24, 24)
+GRID = (34, 34, 34)
+NODE_BODY = (53, 53, 53)
+NODE_TITLE = (34, 34, 34)
+PACK_TITLE = (38, 84, 104)
+NOTE_BODY = (102, 85, 51)
+NOTE_TITLE = (68, 51, 34)
+WIDGET = (34, 34, 34)
+TEXT = (230, 230, 230)
+DIM_TEXT = (170, 170, 170)
+BYPASS_TINT = (150, 60, 170)
+
+# ComfyUI's link colours by type (its default palette), and one for the pack's context type.
+TYPE_COLOURS = {
+    "MODEL": (179, 157, 219), "CLIP": (255, 213, 0), "VAE": (255, 110, 110), "IMAGE": (100, 181, 246),
+    "MASK": (129, 199, 132), "LATENT": (255, 156, 249), "CONDITIONING": (255, 169, 49), "STRING": (134, 192, 134),
+    "ANIMA_REFERENCE_CONTEXT": (38, 198, 218), "INT": (102, 187, 106), "FLOAT": (102, 187, 106),
+}
+DEFAULT_TYPE_COLOUR = (160, 170, 160)
+
+# Display names of the core nodes the examples use (as ComfyUI shows them).
+CORE_DISPLAY_NAMES = {
+    "UNETLoader": "Load Diffusion Model", "CLIPLoader": "Load CLIP", "VAELoader": "Load VAE", "LoadImage": "Load Image",
+    "CLIPTextEncode": "CLIP Text Encode (Prompt)", "EmptyLatentImage": "Empty Latent Image", "KSampler": "KSampler",
+    "VAEDecode": "VAE Decode", "SaveImage": "Save Image", "PreviewImage": "Preview Image", "PreviewAny": "Preview Any",
+    "InvertMask": "Invert Mask",
+}
+IMAGE_NODES = {"LoadImage", "SaveImage", "PreviewImage"}
+NOTE_NODES = {"Note", "MarkdownNote"}
+FONT_FILES = {
+    False: ["DejaVuSans.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "Arial.ttf", "LiberationSans-Regular.ttf"],
+    True: ["DejaVuSans-Bold.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf", "Arial Bold.ttf",
+           "LiberationSans-Bold.ttf"],
+}
+
+
+def pack_display_names(nodes_py: Path = REPO / "nodes.py") -> dict[str, str]:
+    """NODE_DISPLAY_NAME_MAPPINGS from nodes.py, read as a literal (importing nodes.py would need torch)."""
+    tree = ast.parse(nodes_py.read_text(encoding="utf-8"))
+    for statement in tree.body:
+        if isinstance(statement, ast.Assign) and any(getattr(t, "id", None) == "NODE_DISPLAY_NAME_MAPPINGS" for t in statement.targets):
+            return ast.literal_eval(statement.value)
+    return {}
+
+
+def _font(size: int, bold: bool = False):
+    for name in FONT_FILES[bold]:
+        try:
+            return ImageFont.truetype(name, size)
+        except OSError:
+            continue
+    try:
+        return ImageFont.load_default(size)
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
+
+
+def _blend(colour, other, amount):
+    return tuple(round(a + (b - a) * amount) for a, b in zip(colour, other))
+
+
+def _fit(draw, text, font, width):
+    """The text, cut with an ellipsis to fit ``width`` pixels."""
+    text = " ".join(str(text).split())
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text + "…" if text else ""
+
+
+def _shrink_to_fit(draw, text, font, width, smallest=0.72):
+    """The text and a font of its family, as large as fits ``width`` down to ``smallest`` of its size, cut beyond that."""
+    size = font.size
+    smallest_size = font.size * smallest
+    while size - 1 >= smallest_size and draw.textlength(text, font=font) > width:
+        size -= 1
+        try:
+            font = font.font_variant(size=size)
+        except (AttributeError, OSError):
+            break
+    return _fit(draw, text, font, width), font
+
+
+def _wrap(draw, text, font, width):
+    words, lines, line = str(text).split(), [], ""
+    for word in words:
+        if draw.textlength(word, font=font) > width:  # a path or a long name: cut it to the line
+            word = _fit(draw, word, font, width)
+        candidate = f"{line} {word}".strip()
+        if draw.textlength(candidate, font=font) <= width or not line:
+            line = candidate
+        else:
+            lines.append(line)
+            line = word
+    if line:
+        lines.append(line)
+    return lines
+
+
+def _widget_text(value):
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, str):
+        return value.splitlines()[0] if value.strip() else "…"
+    return json.dumps(value)
+
+
+def _bounds(workflow):
+    boxes = [(n["pos"][0], n["pos"][1] - TITLE_HEIGHT, n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1])
+             for n in workflow.get("nodes", [])]
+    boxes += [(g["bounding"][0], g["bounding"][1], g["bounding"][0] + g["bounding"][2], g["bounding"][1] + g["bounding"][3])
+              for g in workflow.get("groups", [])]
+    if not boxes:
+        return 0, 0, 100, 100
+    return min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes)
+
+
+class _Canvas:
+    def __init__(self, workflow, longest_side):
+        x0, y0, x1, y1 = _bounds(workflow)
+        margin = 30
+        self.x0, self.y0 = x0 - margin, y0 - margin
+        width, height = x1 - x0 + 2 * margin, y1 - y0 + 2 * margin
+        self.out_scale = longest_side / max(width, height)
+        self.scale = self.out_scale * SUPERSAMPLE
+        self.size_out = (max(1, round(width * self.out_scale)), max(1, round(height * self.out_scale)))
+        self.image = Image.new("RGB", (self.size_out[0] * SUPERSAMPLE, self.size_out[1] * SUPERSAMPLE), BACKGROUND)
+        self.draw = ImageDraw.Draw(self.image)
+
+        def px(units, minimum):  # a font size: graph units scaled, but never under ``minimum`` output pixels
+            return round(max(units * self.out_scale, minimum) * SUPERSAMPLE)
+
+        self.title_font = _font(px(15, 11), bold=True)
+        self.slot_font = _font(px(12, 8.5))
+        self.widget_font = _font(px(12, 8))
+        self.group_font = _font(px(22, 13), bold=True)
+        self.note_font = _font(px(12, 8))
+        self.note_head_font = _font(px(15, 11), bold=True)
+
+    def xy(self, x, y):
+        return (x - self.x0) * self.scale, (y - self.y0) * self.scale
+
+    def box(self, x, y, w, h):
+        (a, b), (c, d) = self.xy(x, y), self.xy(x + w, y + h)
+        return [a, b, c, d]
+
+    def u(self, units):
+        return units * self.scale
+
+
+def _slot_pos(node, index, is_input):
+    x, y = node["pos"]
+    offset = SLOT_HEIGHT * 0.5
+    slot_y = y + (index + 0.7) * SLOT_HEIGHT
+    return (x + offset, slot_y) if is_input else (x + node["size"][0] + 1 - offset, slot_y)
+
+
+def _draw_grid(c):
+    step = 100
+    x = math.floor(c.x0 / step) * step
+    while (x - c.x0) * c.scale < c.image.width:
+        c.draw.line([c.xy(x, c.y0), (c.xy(x, c.y0)[0], c.image.height)], fill=GRID, width=1)
+        x += step
+    y = math.floor(c.y0 / step) * step
+    while (y - c.y0) * c.scale < c.image.height:
+        c.draw.line([c.xy(c.x0, y), (c.image.width, c.xy(c.x0, y)[1])], fill=GRID, width=1)
+        y += step
+
+
+def _hex(colour, fallback):
+    try:
+        text = colour.lstrip("#")
+        if len(text) == 3:
+            text = "".join(ch * 2 for ch in text)
+        return tuple(int(text[i:i + 2], 16) for i in (0, 2, 4))
+    except (AttributeError, ValueError):
+        return fallback
+
+
+def _draw_group(c, group):
+    x, y, w, h = group["bounding"]
+    colour = _hex(group.get("color"), (63, 120, 158))
+    c.draw.rounded_rectangle(c.box(x, y, w, h), radius=c.u(8), fill=_blend(BACKGROUND, colour, 0.22),
+                             outline=_blend(BACKGROUND, colour, 0.8), width=max(1, round(c.u(2))))
+    tx, ty = c.xy(x + 10, y + 6)
+    c.draw.text((tx, ty), _fit(c.draw, group.get("title", ""), c.group_font, c.u(w - 20)), font=c.group_font,
+                fill=_blend(TEXT, colour, 0.25))
+
+
+def _draw_link(c, by_id, link):
+    _, source, slot, target, target_slot, link_type = link[:6]
+    if source not in by_id or target not in by_id:
+        return
+    start = _slot_pos(by_id[source], slot, False)
+    end = _slot_pos(by_id[target], target_slot, True)
+    dist = math.dist(start, end) * 0.25
+    control1, control2 = (start[0] + dist, start[1]), (end[0] - dist, end[1])
+    points = []
+    for i in range(41):
+        t = i / 40
+        a, b, cc, d = (1 - t) ** 3, 3 * (1 - t) ** 2 * t, 3 * (1 - t) * t ** 2, t ** 3
+        points.append(c.xy(a * start[0] + b * control1[0] + cc * control2[0] + d * end[0],
+                           a * start[1] + b * control1[1] + cc * control2[1] + d * end[1]))
+    colour = TYPE_COLOURS.get(link_type, DEFAULT_TYPE_COLOUR)
+    muted = by_id[source].get("mode", 0) == 2 or by_id[target].get("mode", 0) == 2
+    if muted:
+        colour = _blend(colour, BACKGROUND, 0.6)
+    c.draw.line(points, fill=colour, width=max(2, round(c.u(3))), joint="curve")
+
+
+def _node_title(node, display_names):
+    return node.get("title") or display_names.get(node["type"]) or CORE_DISPLAY_NAMES.get(node["type"]) or node["type"]
+
+
+def _draw_note(c, node, display_names, fade):
+    x, y = node["pos"]
+    w, h = node["size"]
+    c.draw.rounded_rectangle(c.box(x, y - TITLE_HEIGHT, w, h + TITLE_HEIGHT), radius=c.u(8), fill=fade(NOTE_BODY))
+    c.draw.rounded_rectangle(c.box(x, y - TITLE_HEIGHT, w, TITLE_HEIGHT), radius=c.u(8), fill=fade(NOTE_TITLE),
+                             corners=(True, True, False, False))
+    c.draw.text(c.xy(x + 10, y - TITLE_HEIGHT + 6), _fit(c.draw, _node_title(node, display_names), c.title_font, c.u(w - 20)),
+                font=c.title_font, fill=fade(TEXT))
+    text = (node.get("widgets_values") or [""])[0]
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    if not lines:
+        return
+    left, top = c.xy(x + 12, y + 10)
+    width, bottom = c.u(w - 24), c.xy(x, y + h - 8)[1]
+    head = lines[0].lstrip("#").strip()
+    for line in _wrap(c.draw, head, c.note_head_font, width):
+        c.draw.text((left, top), line, font=c.note_head_font, fill=fade(TEXT))
+        top += c.note_head_font.size * 1.3
+    top += c.note_font.size * 0.5
+    for paragraph in lines[1:]:
+        for line in _wrap(c.draw, paragraph.replace("*", "").replace("`", ""), c.note_font, width):
+            if top + c.note_font.size > bottom:
+                return
+            c.draw.text((left, top), line, font=c.note_font, fill=fade(DIM_TEXT))
+            top += c.note_font.size * 1.3
+
+
+def _draw_node(c, node, display_names, pack_types):
+    mode = node.get("mode", 0)
+
+    def fade(colour):
+        if mode == 2:  # muted ("never")
+            return _blend(colour, BACKGROUND, 0.55)
+        if mode == 4:  # bypassed
+            return _blend(colour, BYPASS_TINT, 0.4)
+        return colour
+
+    if node["type"] in NOTE_NODES:
+        _draw_note(c, node, display_names, fade)
+        return
+    x, y = node["pos"]
+    w, h = node["size"]
+    radius = c.u(8)
+    title_colour = PACK_TITLE if node["type"] in pack_types else NODE_TITLE
+    c.draw.rounded_rectangle(c.box(x, y - TITLE_HEIGHT, w, h + TITLE_HEIGHT), radius=radius, fill=fade(NODE_BODY),
+                             outline=fade((20, 20, 20)), width=max(1, round(c.u(1.5))))
+    c.draw.rounded_rectangle(c.box(x, y - TITLE_HEIGHT, w, TITLE_HEIGHT), radius=radius, fill=fade(title_colour),
+                             corners=(True, True, False, False))
+    full = _node_title(node, display_names)
+    title, font = _shrink_to_fit(c.draw, full, c.title_font, c.u(w - 20))
+    if title != full and " - " in full:  # "Pack - Long Node Name" too long: the node's own name tells more
+        title, font = _shrink_to_fit(c.draw, full.split(" - ", 1)[1], c.title_font, c.u(w - 20))
+    c.draw.text(c.xy(x + 10, y - TITLE_HEIGHT / 2), title, font=font, fill=fade(TEXT), anchor="lm")
+    inputs, outputs = node.get("inputs", []), node.get("outputs", [])
+    dot = c.u(5)
+    for is_input, slots in ((True, inputs), (False, outputs)):
+        for i, slot in enumerate(slots):
+            sx, sy = c.xy(*_slot_pos(node, i, is_input))
+            colour = fade(TYPE_COLOURS.get(slot.get("type"), DEFAULT_TYPE_COLOUR))
+            connected = slot.get("link") is not None if is_input else bool(slot.get("links"))
+            c.draw.ellipse([sx - dot, sy - dot, sx + dot, sy + dot], fill=colour if connected else None, outline=colour,
+                           width=max(1, round(c.u(1.5))))
+            facing = (outputs if is_input else inputs)[i] if i < len(outputs if is_input else inputs) else None
+            facing_width = c.draw.textlength(facing.get("label") or facing.get("name", ""), font=c.slot_font) if facing else 0
+            room = max(c.u(w / 2 - 14), c.u(w - 40) - min(facing_width, c.u(w / 2 - 14)))
+            name = _fit(c.draw, slot.get("label") or slot.get("name", ""), c.slot_font, room)
+            anchor = "lm" if is_input else "rm"
+            c.draw.text((sx + (dot * 2 if is_input else -dot * 2), sy), name, font=c.slot_font, fill=fade(DIM_TEXT), anchor=anchor)
+    top = y + max(len(inputs), len(outputs)) * SLOT_HEIGHT + 6
+    for value in node.get("widgets_values") or []:
+        if top + WIDGET_HEIGHT - 4 > y + h:
+            break
+        c.draw.rounded_rectangle(c.box(x + 12, top, w - 24, WIDGET_HEIGHT - 4), radius=c.u(8), fill=fade(WIDGET))
+        text = _fit(c.draw, _widget_text(value), c.widget_font, c.u(w - 48))
+        c.draw.text(c.xy(x + w / 2, top + (WIDGET_HEIGHT - 4) / 2), text, font=c.widget_font, fill=fade(DIM_TEXT), anchor="mm")
+        top += WIDGET_HEIGHT
+    if node["type"] in IMAGE_NODES and y + h - top > 60:
+        frame = c.box(x + 14, top + 6, w - 28, y + h - top - 20)
+        c.draw.rectangle(frame, outline=fade((90, 90, 90)), width=max(1, round(c.u(1.5))))
+        # a small mountain-and-sun picture glyph
+        cx, cy = (frame[0] + frame[2]) / 2, (frame[1] + frame[3]) / 2
+        s = min(frame[2] - frame[0], frame[3] - frame[1]) * 0.18
+        c.draw.polygon([(cx - 2 * s, cy + s), (cx - 0.6 * s, cy - 0.6 * s), (cx + 0.4 * s, cy + 0.3 * s), (cx + 0.9 * s, cy - 0.2 * s),
+                        (cx + 2 * s, cy + s)], fill=fade((80, 80, 80)))
+        c.draw.ellipse([cx + 0.8 * s, cy - 1.4 * s, cx + 1.4 * s, cy - 0.8 * s], fill=fade((95, 95, 95)))
+
+
+def render(workflow: dict, longest_side: int = 1024, display_names: dict[str, str] | None = None) -> Image.Image:
+    """The graph of ``workflow`` as an RGB picture whose longest side is ``longest_side`` pixels."""
+    pack_names = pack_display_names() if display_names is None else display_names
+    c = _Canvas(workflow, longest_side)
+    _draw_grid(c)
+    for group in workflow.get("groups", []):
+        _draw_group(c, group)
+    nodes = workflow.get("nodes", [])
+    by_id = {node["id"]: node for node in nodes}
+    for link in workflow.get("links", []):
+        _draw_link(c, by_id, link)
+    for node in sorted(nodes, key=lambda n: n.get("order", 0)):
+        _draw_node(c, node, pack_names, set(pack_names))
+    return c.image.resize(c.size_out, Image.LANCZOS)
+
+
+def write_picture(json_path: Path, out_path: Path | None = None, longest_side: int = 1024, quality: int = 88) -> Path:
+    workflow = json.loads(Path(json_path).read_text(encoding="utf-8"))
+    out_path = Path(out_path) if out_path else Path(json_path).with_suffix(".jpg")
+    picture = render(workflow, longest_side)
+    if out_path.suffix.lower() in (".jpg", ".jpeg"):
+        picture.save(out_path, "JPEG", quality=quality, optimize=True, progressive=True)
+    else:
+        picture.save(out_path)
+    return out_path
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("workflows", nargs="+", type=Path, help="UI-format workflow .json files")
+    parser.add_argument("--size", type=int, default=1024, help="longest side in pixels (default 1024)")
+    parser.add_argument("--quality", type=int, default=88, help="JPEG quality (default 88)")
+    parser.add_argument("--out-dir", type=Path, help="write the pictures here instead of next to each .json")
+    parser.add_argument("--format", choices=["jpg", "png"], default="jpg")
+    args = parser.parse_args(argv)
+    for path in args.workflows:
+        out = (args.out_dir / path.name if args.out_dir else path).with_suffix("." + args.format)
+        written = write_picture(path, out, args.size, args.quality)
+        print(f"{written} ({written.stat().st_size // 1024} KB)")
+
+
+if __name__ == "__main__":
+    main()
