@@ -15,6 +15,9 @@ from collections.abc import Callable
 import comfy.ldm.anima.model
 import comfy.model_management
 import comfy.quant_ops
+import comfy.sample
+import comfy.samplers
+import comfy.sd
 import comfy.utils
 import torch
 
@@ -156,12 +159,13 @@ VAE_DOWNSCALE = 8
 
 def train_reference_context(model, clip, vae, images: dict, prompt: str, seed: int, steps: int,
                             learning_rate: float, image_size: int, num_tokens: int, init_std: float,
-                            dtype_name: str, masks: torch.Tensor | None = None, node_id: str | None = None,
+                            dtype_name: str, masks: torch.Tensor | list | None = None, node_id: str | None = None,
                             on_progress: Callable[[int, int, float | None], None] | None = None,
                             ) -> tuple[ReferenceContext, str, torch.Tensor]:
     """The train nodes' work, start to finish; the user's MODEL is never changed. ``masks`` (a
-    MASK, one for all references or one each) weights the loss per latent pixel. Returns the
-    context, the info text and the loss picture (IMAGE)."""
+    MASK, one for all references or one each, or a list of MASKs for references of different
+    sizes) weights the loss per latent pixel. Returns the context, the info text and the loss
+    picture (IMAGE)."""
     started = time.perf_counter()
     num_blocks, width = anima_geometry(model)
     pixels, original_sizes = prepare_references(images, image_size)
@@ -335,3 +339,51 @@ def save_reference_context(context: ReferenceContext, filename_prefix: str, dest
 
 def load_reference_context(name: str) -> ReferenceContext:
     return load_context(confined_path(register_context_folder(), name))
+
+
+# Headless use (``python -m anima_context``): load and sample as ComfyUI's own nodes do.
+
+
+def load_diffusion_model(path: str):
+    """As UNETLoader (weight_dtype default)."""
+    return comfy.sd.load_diffusion_model(path)
+
+
+def load_text_encoder(path: str, embedding_directory: list[str]):
+    """As CLIPLoader with type stable_diffusion, which detects Anima's Qwen3 encoder from its weights."""
+    return comfy.sd.load_clip(ckpt_paths=[path], embedding_directory=embedding_directory,
+                              clip_type=comfy.sd.CLIPType.STABLE_DIFFUSION)
+
+
+def load_vae(path: str):
+    """As VAELoader."""
+    state_dict, metadata = comfy.utils.load_torch_file(path, return_metadata=True)
+    vae = comfy.sd.VAE(sd=state_dict, metadata=metadata)
+    vae.throw_exception_if_invalid()
+    return vae
+
+
+SAMPLER_NAMES, SCHEDULER_NAMES = comfy.samplers.KSampler.SAMPLERS, comfy.samplers.KSampler.SCHEDULERS
+
+
+def render(model, clip, vae, prompt: str, negative: str, width: int, height: int, steps: int, cfg: float,
+           sampler: str, scheduler: str, seed: int, on_step: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """CLIP Text Encode x2, Empty Latent Image, KSampler and VAE Decode: an IMAGE [1, H, W, 3]."""
+    positive = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
+    negative_cond = clip.encode_from_tokens_scheduled(clip.tokenize(negative))
+    latent = torch.zeros([1, 4, height // VAE_DOWNSCALE, width // VAE_DOWNSCALE],
+                         device=comfy.model_management.intermediate_device(), dtype=comfy.model_management.intermediate_dtype())
+    # as KSampler does: the empty latent becomes Anima's [1, 16, 1, h, w] (Wan 2.1 format)
+    latent = comfy.sample.fix_empty_latent_channels(model, latent)
+    noise = comfy.sample.prepare_noise(latent, seed)
+
+    def callback(step, x0, x, total_steps):
+        if on_step is not None:
+            on_step(step + 1, total_steps)
+
+    samples = comfy.sample.sample(model, noise, steps, cfg, sampler, scheduler, positive, negative_cond, latent,
+                                  denoise=1.0, callback=callback, disable_pbar=True, seed=seed)
+    images = vae.decode(samples)
+    if images.ndim == 5:  # a video VAE: frames into the batch, as VAE Decode does
+        images = images.reshape(-1, *images.shape[-3:])
+    return images[:1]

@@ -12,36 +12,42 @@ MASK_HELP = ("White (1) marks the character, black (0) what to ignore. Load Imag
              "transparent (and all zero for a picture without alpha): put an Invert Mask node after it for a cut-out.")
 
 
-def validate_masks(mask, reference_count: int) -> torch.Tensor:
-    """A MASK input as float32 [N, H, W] in 0..1, N being 1 (one for all) or one per reference."""
-    if not isinstance(mask, torch.Tensor):
-        raise InvalidTrainingMaskError(f"training_mask is a {type(mask).__name__}, not a MASK tensor.")
-    if mask.ndim == 2:
-        mask = mask.unsqueeze(0)
-    if mask.ndim == 4 and mask.shape[-1] in (1, 3, 4):
-        raise InvalidTrainingMaskError(f"training_mask has shape {tuple(mask.shape)}, which looks like an IMAGE; connect a MASK "
-                                       "([batch, height, width]), e.g. through an Image To Mask node.")
-    if mask.ndim != 3 or 0 in mask.shape:
-        raise InvalidTrainingMaskError(f"training_mask has shape {tuple(mask.shape)}; a MASK is [batch, height, width].")
-    if mask.shape[0] not in (1, reference_count):
+def validate_masks(mask, reference_count: int) -> list[torch.Tensor]:
+    """A MASK input ([N, H, W] or [H, W]), or a list of them for references of different sizes, as a
+    list of float32 [H, W] masks in 0..1: one for all references, or one per reference."""
+    parts = list(mask) if isinstance(mask, (list, tuple)) else [mask]
+    masks = []
+    for part in parts:
+        if not isinstance(part, torch.Tensor):
+            raise InvalidTrainingMaskError(f"training_mask is a {type(part).__name__}, not a MASK tensor.")
+        if part.ndim == 2:
+            part = part.unsqueeze(0)
+        if part.ndim == 4 and part.shape[-1] in (1, 3, 4):
+            raise InvalidTrainingMaskError(f"training_mask has shape {tuple(part.shape)}, which looks like an IMAGE; connect "
+                                           "a MASK ([batch, height, width]), e.g. through an Image To Mask node.")
+        if part.ndim != 3 or 0 in part.shape:
+            raise InvalidTrainingMaskError(f"training_mask has shape {tuple(part.shape)}; a MASK is [batch, height, width].")
+        part = part.float() if part.is_floating_point() else part.float() / 255.0
+        masks.extend(torch.nan_to_num(part, nan=0.0, posinf=1.0, neginf=0.0).clamp(0.0, 1.0).unbind(0))
+    if len(masks) not in (1, reference_count):
         raise InvalidTrainingMaskError(
-            f"training_mask holds {mask.shape[0]} masks for {reference_count} reference images: connect one mask for all "
+            f"training_mask holds {len(masks)} masks for {reference_count} reference images: connect one mask for all "
             "of them, or one per reference (in the order reference_image, reference_image_2, reference_image_3, "
             "a batch image by image)."
         )
-    mask = mask.float() if mask.is_floating_point() else mask.float() / 255.0
-    return torch.nan_to_num(mask, nan=0.0, posinf=1.0, neginf=0.0).clamp(0.0, 1.0)
+    return masks
 
 
 def mask_loss_weights(mask, reference_sizes: list[tuple[int, int]], image_size: int,
                       latent_size: tuple[int, int]) -> torch.Tensor:
     """Loss weights [R, 1, 1, h, w] for R references of the given (width, height): each mask is
-    resized and center-cropped exactly like its reference, then area-averaged to the latent grid."""
+    resized and center-cropped exactly like its reference, then area-averaged to the latent grid.
+    ``mask`` is a MASK or a list of MASKs (see ``validate_masks``)."""
     masks = validate_masks(mask, len(reference_sizes))
     weights = []
     for index, (width, height) in enumerate(reference_sizes):
-        one = masks[index if masks.shape[0] > 1 else 0]
-        which = f"mask {index + 1}" if masks.shape[0] > 1 else "the mask"
+        one = masks[index if len(masks) > 1 else 0]
+        which = f"mask {index + 1}" if len(masks) > 1 else "the mask"
         if tuple(one.shape) != (height, width):
             raise InvalidTrainingMaskError(
                 f"size mismatch: {which} is {one.shape[1]}x{one.shape[0]} px but reference image {index + 1} is "

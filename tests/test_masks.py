@@ -49,6 +49,21 @@ def test_a_mask_that_the_center_crop_cuts_away_is_refused():
 
 
 def test_2d_8bit_and_nan_masks_are_cleaned():
-    assert validate_masks(torch.full((8, 8), 255, dtype=torch.uint8), 1).equal(torch.ones(1, 8, 8))
-    cleaned = validate_masks(torch.tensor([[[float("nan"), 2.0, -1.0]]]), 1)
-    assert cleaned.tolist() == [[[0.0, 1.0, 0.0]]]
+    (eight_bit,) = validate_masks(torch.full((8, 8), 255, dtype=torch.uint8), 1)
+    assert eight_bit.equal(torch.ones(8, 8))
+    (cleaned,) = validate_masks(torch.tensor([[[float("nan"), 2.0, -1.0]]]), 1)
+    assert cleaned.tolist() == [[0.0, 1.0, 0.0]]
+
+
+def test_a_list_of_masks_serves_references_of_different_sizes():
+    sizes = [(64, 48), (32, 32), (32, 32)]
+    wide, square = torch.ones(1, 48, 64), torch.zeros(2, 32, 32)
+    square[1, 8:24, 8:24] = 1.0
+    square[0, :, :16] = 1.0
+    weights = mask_loss_weights([wide, square], sizes, 32, (4, 4))
+    assert weights.shape == (3, 1, 1, 4, 4)
+    assert torch.allclose(weights[0], torch.ones(1, 1, 4, 4))
+    assert weights[1, 0, 0, :, :2].min() == 1.0 and weights[1, 0, 0, :, 2:].max() == 0.0
+    assert weights[2, 0, 0, 1:3, 1:3].min() == 1.0 and weights[2, 0, 0, 0].max() == 0.0
+    with pytest.raises(InvalidTrainingMaskError, match="3 masks for 2 reference images"):
+        mask_loss_weights([wide, square], sizes[:2], 32, (4, 4))
