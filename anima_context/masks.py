@@ -48,6 +48,9 @@ def mask_loss_weights(mask, reference_sizes: list[tuple[int, int]], image_size: 
     for index, (width, height) in enumerate(reference_sizes):
         one = masks[index if len(masks) > 1 else 0]
         which = f"mask {index + 1}" if len(masks) > 1 else "the mask"
+        if float(one.max()) <= 0.0:  # before the size: Load Image gives a 64x64 zero mask for a picture without alpha
+            raise InvalidTrainingMaskError(f"{which} for reference image {index + 1} is all zero (black): nothing would be "
+                                           f"learnt. {MASK_HELP}")
         if tuple(one.shape) != (height, width):
             raise InvalidTrainingMaskError(
                 f"size mismatch: {which} is {one.shape[1]}x{one.shape[0]} px but reference image {index + 1} is "
@@ -56,7 +59,8 @@ def mask_loss_weights(mask, reference_sizes: list[tuple[int, int]], image_size: 
         square = fit_to_square(one[None, :, :, None], image_size)[..., 0]
         latent = F.interpolate(square.unsqueeze(1), size=latent_size, mode="area")
         if float(latent.max()) <= 0.0:
-            where = "is all zero (black)" if float(one.max()) <= 0.0 else "is all zero inside the center crop used for training"
-            raise InvalidTrainingMaskError(f"{which} for reference image {index + 1} {where}: nothing would be learnt. {MASK_HELP}")
+            raise InvalidTrainingMaskError(f"{which} for reference image {index + 1} is all zero inside the center crop used "
+                                           f"for training: nothing would be learnt there. Center the character, or crop the "
+                                           f"reference and its mask to it.")
         weights.append(latent)
     return torch.cat(weights).unsqueeze(2)
