@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from .anima_context.patch import APPLY_TO_CHOICES
+from .anima_context.trainer import COMPUTE_DTYPES
 
 CONTEXT_TYPE = "ANIMA_REFERENCE_CONTEXT"
 CATEGORY = "AnimaFastTrain"
-DTYPE_CHOICES = ["bfloat16", "float16", "float32"]
+DTYPE_CHOICES = list(COMPUTE_DTYPES)
 
 
 def _glue():

@@ -28,14 +28,13 @@ from pathlib import Path
 
 from .errors import AnimaFastTrainError
 from .image_files import ImageFileError, load_image, load_mask, masks_for_references
+from .images import SIZE_MULTIPLE
 from .patch import APPLY_TO_CHOICES
+from .trainer import COMPUTE_DTYPES
 
 PACK_DIR = Path(os.path.abspath(__file__)).parents[1]
-DTYPE_CHOICES = ("bfloat16", "float16", "float32")
 DEFAULT_TRAIN_PROMPT = "1girl, solo, anime illustration"
 DEFAULT_NEGATIVE = "worst quality, low quality, blurry, jpeg artifacts"
-# Anima's VAE downsamples 8x and its DiT patches 2x2: image sides must be multiples of 16.
-SIDE_MULTIPLE = 16
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 
 
@@ -68,8 +67,8 @@ MODEL_FILES = {
 
 def _multiple_of_16(text: str) -> int:
     value = int(text)
-    if value < SIDE_MULTIPLE or value % SIDE_MULTIPLE:
-        raise argparse.ArgumentTypeError(f"{value} is not a multiple of {SIDE_MULTIPLE} (at least {SIDE_MULTIPLE})")
+    if value < SIZE_MULTIPLE or value % SIZE_MULTIPLE:
+        raise argparse.ArgumentTypeError(f"{value} is not a multiple of {SIZE_MULTIPLE} (at least {SIZE_MULTIPLE})")
     return value
 
 
@@ -136,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="references are resized and center-cropped to this square, a multiple of 16 (default: 512).")
     train.add_argument("--num-tokens", type=_positive_int, default=16, help="context tokens per DiT block (default: 16).")
     train.add_argument("--init-std", type=float, default=0.5, help="spread of the random token init (default: 0.5).")
-    train.add_argument("--dtype", choices=DTYPE_CHOICES, default="bfloat16",
+    train.add_argument("--dtype", choices=list(COMPUTE_DTYPES), default="bfloat16",
                        help="compute dtype while training; tokens stay float32. On a CPU float32 is used (default: bfloat16).")
     train.add_argument("--loss-plot", metavar="FILE.png", help="optional: also save the loss and lift curves as a PNG.")
     train.set_defaults(run=run_train)

@@ -30,11 +30,10 @@ from .loss_plot import training_plot_image
 from .masks import mask_loss_weights
 from .patch import ContextTokenPatch, parse_block_selection
 from .report import format_info
-from .trainer import TrainSettings, train_tokens
+from .trainer import COMPUTE_DTYPES, TrainSettings, train_tokens
 
 log = logging.getLogger("AnimaFastTrain")
 
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
 def anima_geometry(model) -> tuple[int, int]:
@@ -140,9 +139,9 @@ def _training_mode():
 
 def resolve_dtype(name: str, device: torch.device) -> tuple[torch.dtype, str]:
     """The compute dtype asked for, or a supported one with a note saying why not."""
-    if name not in DTYPES:
-        raise InvalidSettingError(f"training_dtype must be one of {', '.join(DTYPES)}, got {name!r}.")
-    dtype = DTYPES[name]
+    if name not in COMPUTE_DTYPES:
+        raise InvalidSettingError(f"training_dtype must be one of {', '.join(COMPUTE_DTYPES)}, got {name!r}.")
+    dtype = COMPUTE_DTYPES[name]
     if device.type == "cpu" and dtype != torch.float32:
         # CPUs emulate half precision: a bfloat16 step measured 17x slower than float32 here.
         return torch.float32, f"{name} is slow on the CPU: trained in float32"

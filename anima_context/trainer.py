@@ -38,6 +38,10 @@ class Denoiser(Protocol):
         """The frozen model's velocity prediction (target: noise - x0)."""
 
 
+# The training_dtype choices, by name (the node's combo, the command line, the glue).
+COMPUTE_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
 @dataclass(frozen=True)
 class TrainSettings:
     steps: int
