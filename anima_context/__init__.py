@@ -1,6 +1,6 @@
 """AnimaFastTrain core: per-block context tokens for Anima's cross-attention.
 
-Importing this package does not import ComfyUI; only ``comfy_glue`` does.
+Importing this package does not import ComfyUI; only the ``comfy_glue`` package does.
 """
 
 from .context import ReferenceContext

@@ -1,52 +1,28 @@
-"""The only module that imports ComfyUI. It adapts ComfyUI's Anima (ModelPatcher, VAE, CLIP)
-to the plain-torch trainer and patch, the ComfyUI way: a ``model.clone()``,
-``load_models_gpu``, ``ProgressBar``, ``throw_exception_if_processing_interrupted``.
-"""
+"""The train nodes' work on ComfyUI's Anima: encode, load the ComfyUI way on a ``model.clone()``,
+optimise the tokens with the plain-torch trainer, restore everything."""
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
-import os
 import time
 from collections.abc import Callable
 
-import comfy.ldm.anima.model
 import comfy.model_management
 import comfy.quant_ops
-import comfy.sample
-import comfy.samplers
-import comfy.sd
 import comfy.utils
 import torch
 
-from .context import ReferenceContext
-from .context_file import confined_path, load_context, save_context
-from .errors import IncompatibleModelError, InvalidSettingError
-from .frozen_weights import autograd_safe_weights
-from .images import prepare_references
-from .loss_plot import training_plot_image
-from .masks import mask_loss_weights
-from .patch import ContextTokenPatch, parse_block_selection
-from .report import format_info
-from .trainer import COMPUTE_DTYPES, TrainSettings, train_tokens
-
-log = logging.getLogger("AnimaFastTrain")
-
-
-
-def anima_geometry(model) -> tuple[int, int]:
-    """(block count, context width) of a MODEL that is ComfyUI's Anima; refuse anything else."""
-    diffusion_model = getattr(getattr(model, "model", None), "diffusion_model", None)
-    if not isinstance(diffusion_model, comfy.ldm.anima.model.Anima):
-        name = type(diffusion_model).__name__ if diffusion_model is not None else type(model).__name__
-        raise IncompatibleModelError(
-            f"the MODEL is {name}, not Anima. Load an Anima diffusion model (e.g. anima-base-v1.0.safetensors) "
-            "with UNETLoader and connect it here."
-        )
-    blocks = diffusion_model.blocks
-    return len(blocks), int(blocks[0].cross_attn.k_proj.weight.shape[1])
+from ..context import ReferenceContext
+from ..errors import IncompatibleModelError
+from ..frozen_weights import autograd_safe_weights
+from ..images import prepare_references
+from ..loss_plot import training_plot_image
+from ..masks import mask_loss_weights
+from ..report import format_info
+from ..trainer import TrainSettings, train_tokens
+from .architecture import anima_geometry, resolve_dtype
+from .progress import _progress_text_sender
 
 
 def encode_references(vae, images: list[torch.Tensor], base_model) -> torch.Tensor:
@@ -135,20 +111,6 @@ def _training_mode():
         comfy.model_management.in_training = previous_flag
         if overrides:
             comfy.quant_ops.ck = kitchen
-
-
-def resolve_dtype(name: str, device: torch.device) -> tuple[torch.dtype, str]:
-    """The compute dtype asked for, or a supported one with a note saying why not."""
-    if name not in COMPUTE_DTYPES:
-        raise InvalidSettingError(f"training_dtype must be one of {', '.join(COMPUTE_DTYPES)}, got {name!r}.")
-    dtype = COMPUTE_DTYPES[name]
-    if device.type == "cpu" and dtype != torch.float32:
-        # CPUs emulate half precision: a bfloat16 step measured 17x slower than float32 here.
-        return torch.float32, f"{name} is slow on the CPU: trained in float32"
-    if device.type == "cuda":
-        if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported(including_emulation=False):
-            return torch.float16, "bfloat16 is not supported on this GPU: trained in float16"
-    return dtype, ""
 
 
 # Held-out lift points per run (plus step 0): each costs about one training step.
@@ -246,21 +208,6 @@ def train_reference_context(model, clip, vae, images: dict, prompt: str, seed: i
     return context_out, info, training_plot_image(metadata)
 
 
-def _progress_text_sender(node_id: str | None) -> Callable[[str], None]:
-    """Text under the node's progress bar (the current loss), when a ComfyUI server runs it."""
-    server = None
-    if node_id is not None:
-        try:
-            from server import PromptServer
-
-            server = getattr(PromptServer, "instance", None)
-        except ImportError:  # a script or test without the server
-            server = None
-    if server is None or not hasattr(server, "send_progress_text"):
-        return lambda text: None
-    return lambda text: server.send_progress_text(text, node_id)
-
-
 def _patches_on_device(transformer_options: dict, device) -> dict:
     """Other patches already on the MODEL (a previous apply node) follow it to the device,
     as ComfyUI's sampler does before sampling."""
@@ -271,118 +218,3 @@ def _patches_on_device(transformer_options: dict, device) -> dict:
     if patches:
         options["patches"] = patches
     return options
-
-
-def apply_reference_context(model, context: ReferenceContext, strength: float, apply_to: str,
-                            start_percent: float = 0.0, end_percent: float = 1.0, blocks: str = "all"):
-    """A clone of ``model`` whose cross-attention also attends to the context's tokens, in the
-    sampling range and blocks chosen."""
-    if not isinstance(context, ReferenceContext):
-        raise InvalidSettingError(f"context must come from the Train Context Tokens node, got {type(context).__name__}.")
-    num_blocks, width = anima_geometry(model)
-    context.check_compatible(num_blocks, width)
-    if not 0.0 <= start_percent <= end_percent <= 1.0:
-        raise InvalidSettingError(f"start_percent ({start_percent}) must not be above end_percent ({end_percent}), both in 0..1.")
-    try:
-        block_weights = parse_block_selection(blocks, num_blocks)
-    except ValueError as error:
-        raise InvalidSettingError(f"blocks {blocks!r}: {error}. Use 'all', a range like 0-9, a list like 0,3,5-7, "
-                                  f"or {num_blocks} weights with decimal points.") from None
-    sigma_range = None
-    if (start_percent, end_percent) != (0.0, 1.0):
-        sampling = model.get_model_object("model_sampling")
-        sigma_range = (float(sampling.percent_to_sigma(start_percent)), float(sampling.percent_to_sigma(end_percent)))
-    patched = model.clone()
-    patched.set_model_attn2_patch(ContextTokenPatch(context.tokens, strength=strength, apply_to=apply_to,
-                                                    sigma_range=sigma_range, block_weights=block_weights))
-    return patched
-
-
-CONTEXT_FOLDER = "anima_contexts"
-
-
-def register_context_folder() -> str:
-    """``models/anima_contexts``, registered with folder_paths so Load Context lists its files."""
-    import folder_paths
-
-    if CONTEXT_FOLDER not in folder_paths.folder_names_and_paths:
-        path = os.path.join(folder_paths.models_dir, CONTEXT_FOLDER)
-        folder_paths.folder_names_and_paths[CONTEXT_FOLDER] = ([path], {".safetensors"})
-    return folder_paths.get_folder_paths(CONTEXT_FOLDER)[0]
-
-
-def list_saved_contexts() -> list[str]:
-    import folder_paths
-
-    register_context_folder()
-    return folder_paths.get_filename_list(CONTEXT_FOLDER)
-
-
-def save_reference_context(context: ReferenceContext, filename_prefix: str, destination: str) -> str:
-    """Write the context under models/anima_contexts or ComfyUI's output folder, as
-    ``<prefix>_00001.safetensors`` (the next free number); returns the file name."""
-    import folder_paths
-
-    if not isinstance(context, ReferenceContext):
-        raise InvalidSettingError(f"context must come from a Train or Load Context node, got {type(context).__name__}.")
-    folder = folder_paths.get_output_directory() if destination == "output" else register_context_folder()
-    counter = 1
-    while True:
-        path = confined_path(folder, f"{filename_prefix}_{counter:05d}")
-        if not path.exists():
-            break
-        counter += 1
-    save_context(context, path)
-    return os.path.relpath(path, folder)
-
-
-def load_reference_context(name: str) -> ReferenceContext:
-    return load_context(confined_path(register_context_folder(), name))
-
-
-# Headless use (``python -m anima_context``): load and sample as ComfyUI's own nodes do.
-
-
-def load_diffusion_model(path: str):
-    """As UNETLoader (weight_dtype default)."""
-    return comfy.sd.load_diffusion_model(path)
-
-
-def load_text_encoder(path: str, embedding_directory: list[str]):
-    """As CLIPLoader with type stable_diffusion, which detects Anima's Qwen3 encoder from its weights."""
-    return comfy.sd.load_clip(ckpt_paths=[path], embedding_directory=embedding_directory,
-                              clip_type=comfy.sd.CLIPType.STABLE_DIFFUSION)
-
-
-def load_vae(path: str):
-    """As VAELoader."""
-    state_dict, metadata = comfy.utils.load_torch_file(path, return_metadata=True)
-    vae = comfy.sd.VAE(sd=state_dict, metadata=metadata)
-    vae.throw_exception_if_invalid()
-    return vae
-
-
-SAMPLER_NAMES, SCHEDULER_NAMES = comfy.samplers.KSampler.SAMPLERS, comfy.samplers.KSampler.SCHEDULERS
-
-
-def render(model, clip, vae, prompt: str, negative: str, width: int, height: int, steps: int, cfg: float,
-           sampler: str, scheduler: str, seed: int, on_step: Callable[[int, int], None] | None = None) -> torch.Tensor:
-    """CLIP Text Encode x2, Empty Latent Image, KSampler and VAE Decode: an IMAGE [1, H, W, 3]."""
-    positive = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
-    negative_cond = clip.encode_from_tokens_scheduled(clip.tokenize(negative))
-    latent = torch.zeros([1, 4, height // VAE_DOWNSCALE, width // VAE_DOWNSCALE],
-                         device=comfy.model_management.intermediate_device(), dtype=comfy.model_management.intermediate_dtype())
-    # as KSampler does: the empty latent becomes Anima's [1, 16, 1, h, w] (Wan 2.1 format)
-    latent = comfy.sample.fix_empty_latent_channels(model, latent)
-    noise = comfy.sample.prepare_noise(latent, seed)
-
-    def callback(step, x0, x, total_steps):
-        if on_step is not None:
-            on_step(step + 1, total_steps)
-
-    samples = comfy.sample.sample(model, noise, steps, cfg, sampler, scheduler, positive, negative_cond, latent,
-                                  denoise=1.0, callback=callback, disable_pbar=True, seed=seed)
-    images = vae.decode(samples)
-    if images.ndim == 5:  # a video VAE: frames into the batch, as VAE Decode does
-        images = images.reshape(-1, *images.shape[-3:])
-    return images[:1]
