@@ -4,7 +4,8 @@ Autograd refuses to save inference tensors for backward, and the frozen weights 
 to backpropagate to the tokens. ComfyUI's LoRA trainer deep-copies the model for this (double
 the weight memory). Here each inference parameter and buffer is swapped, for the duration of
 the block, for a normal tensor that aliases the same memory: no copy, and the originals are
-put back in ``finally``.
+put back in ``finally``. The alias carries every Python attribute of the original (ComfyUI reads
+some, e.g. DynamicVRAM's ``_model_dtype``, which sizes the cast of an fp8 weight).
 """
 
 from __future__ import annotations
@@ -17,6 +18,11 @@ import torch
 def _alias(tensor: torch.Tensor) -> torch.Tensor:
     alias = torch.empty(0, dtype=tensor.dtype, device=tensor.device)
     alias.set_(tensor.untyped_storage(), tensor.storage_offset(), tensor.size(), tensor.stride())
+    return alias
+
+
+def _with_attributes(alias: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+    alias.__dict__.update(original.__dict__)
     return alias
 
 
@@ -37,7 +43,8 @@ def autograd_safe_weights(module: torch.nn.Module):
                 for name, param in list(sub._parameters.items()):
                     if _needs_alias(param):
                         swapped.append((sub._parameters, name, param))
-                        sub._parameters[name] = torch.nn.Parameter(_alias(param), requires_grad=False)
+                        sub._parameters[name] = _with_attributes(
+                            torch.nn.Parameter(_alias(param), requires_grad=False), param)
                     elif param is not None and param.requires_grad:
                         # A trainable weight would cost weight-gradient work and collect .grad.
                         unfrozen.append(param)
@@ -45,7 +52,7 @@ def autograd_safe_weights(module: torch.nn.Module):
                 for name, buffer in list(sub._buffers.items()):
                     if _needs_alias(buffer):
                         swapped.append((sub._buffers, name, buffer))
-                        sub._buffers[name] = _alias(buffer)
+                        sub._buffers[name] = _with_attributes(_alias(buffer), buffer)
         yield len(swapped)
     finally:
         for table, name, original in reversed(swapped):

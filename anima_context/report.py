@@ -28,5 +28,13 @@ def format_info(context: ReferenceContext, initial_tokens: torch.Tensor, timings
         f"references: {meta['reference_count']} ({sizes})" + (", loss weighted by the training mask" if meta.get("masked") else ""),
         "time: " + ", ".join(f"{name} {seconds:.2f}s" for name, seconds in timings.items()),
     ]
+    if "checkpointed_blocks" in meta:
+        lines.append(checkpointing_line(meta["activation_checkpointing"], meta["checkpointed_blocks"], meta["num_blocks"]))
     lines += [f"note: {note}" for note in notes or []]
     return "\n".join(lines)
+
+
+def checkpointing_line(setting: str, checkpointed: int, num_blocks: int) -> str:
+    """Whether the DiT's activations were recomputed in backward (less memory, slower steps)."""
+    state = "off" if checkpointed == 0 else ("on" if checkpointed == num_blocks else f"on for {checkpointed} of {num_blocks} blocks")
+    return f"activation checkpointing: {state} ({setting})"

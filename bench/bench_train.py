@@ -4,8 +4,10 @@
     COMFYUI_PATH=path/to/ComfyUI python bench/bench_train.py --size 256
     python bench/bench_train.py --full --size 512   # GPU: full Anima architecture (28 blocks, 2048 wide)
 
-Prints one table and, last, machine-readable lines: step_over_floor=, step_over_lora= (with
-COMFYUI_PATH), lift=. Figures are ratios taken in this one run (same model, size, references, dtype).
+Prints one table and, last, machine-readable lines: step_over_floor=, checkpointed_over_plain=,
+step_over_lora= (with COMFYUI_PATH), lift=, and with COMFYUI_PATH the autograd memory of the full
+architecture with and without activation checkpointing (``bench/memory.py``, no GPU needed).
+Figures are ratios taken in this one run (same model, size, references, dtype).
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "bench")]
 
+from anima_context.activation_checkpoint import checkpointed_blocks  # noqa: E402
 from anima_context.frozen_weights import autograd_safe_weights  # noqa: E402
 from anima_context.patch import ContextTokenPatch  # noqa: E402
 from anima_context.trainer import TrainSettings, _merge_patch, train_tokens  # noqa: E402
@@ -186,6 +189,29 @@ def time_step_and_floor(setup: Setup, steps: int) -> tuple[float, float, float]:
     return statistics.median(step_times), statistics.median(floor_times), statistics.median(ratios)
 
 
+def time_checkpointing(setup: Setup, pairs: int) -> float:
+    """Median cost of a forward+backward with every block checkpointed over one without, the two
+    interleaved (the training step's other work is the same with and without)."""
+    floor = Floor(setup)
+    ratios = []
+    with setup.training_scope():
+        floor.once()  # warm-up
+        for _ in range(pairs):
+            plain = floor.once()
+            with checkpointed_blocks(setup.weights.blocks):
+                ratios.append(floor.once() / plain)
+    return statistics.median(ratios)
+
+
+def memory_figures() -> list[str]:
+    """bench/memory.py's table for the full architecture (COMFYUI_PATH: ComfyUI's own class)."""
+    import memory
+
+    lines = []
+    memory.report(out=lines.append)
+    return lines
+
+
 def time_lora_step(setup: Setup, same_dtype: bool) -> float | None:
     """ComfyUI's own LoRA trainer, default settings, on the same model and resolution (per draw);
     with ``same_dtype`` its training_dtype is set to the one measured here (its default is bf16,
@@ -258,6 +284,7 @@ def main():
     before = reset_peak_memory(setup.device)
     step, floor, ratio = time_step_and_floor(setup, args.steps)
     peak = peak_memory(setup.device)
+    checkpointed_ratio = time_checkpointing(setup, args.steps)
     lora = time_lora_step(setup, same_dtype=True)
     lora_default = time_lora_step(setup, same_dtype=False) if setup.args.dtype != "bfloat16" and lora else None
     total, split, lift = time_to_context(setup, args.context_steps)
@@ -270,6 +297,7 @@ def main():
         ("step", f"{step * 1000:.1f} ms"),
         ("step / floor (median of interleaved pairs)", f"{ratio:.3f}"),
         ("step per draw", f"{step / draws * 1000:.1f} ms"),
+        ("fwd+bwd with activation checkpointing / without", f"{checkpointed_ratio:.3f}"),
     ]
     if lora is not None:
         rows += [(f"LoRA trainer step per draw ({args.dtype})", f"{lora * 1000:.1f} ms"),
@@ -287,7 +315,12 @@ def main():
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
+    if setup.comfy:
+        print("\nautograd memory per step, full Anima architecture (bench/memory.py):")
+        for line in memory_figures():
+            print("  " + line)
     print(f"step_over_floor={ratio:.4f}")
+    print(f"checkpointed_over_plain={checkpointed_ratio:.4f}")
     if lora is not None:
         print(f"step_over_lora={step / draws / lora:.4f}")
     print(f"lift={lift:.4f}")

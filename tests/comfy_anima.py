@@ -43,6 +43,27 @@ def load_anima(state_dict: dict):
         return comfy.sd.load_diffusion_model_state_dict(dict(state_dict))
 
 
+def fp8_comfy_quant_state_dict(state_dict: dict) -> tuple[dict, dict]:
+    """An fp8-quantized checkpoint in ComfyUI's ``comfy_quant`` format (per-tensor scaled
+    float8_e4m3fn for the DiT blocks' linear weights, as ``QUANTIZATION.md`` describes), and the
+    weights it stands for as plain fp32 tensors."""
+    import json
+
+    quantized, dequantized = {}, dict(state_dict)
+    marker = torch.tensor(list(json.dumps({"format": "float8_e4m3fn"}).encode()), dtype=torch.uint8)
+    for key, value in state_dict.items():
+        if key.startswith("blocks.") and key.endswith(".weight") and value.ndim == 2:
+            prefix = key[: -len(".weight")]
+            scale = value.abs().amax().float() / 448.0
+            q = (value / scale).to(torch.float8_e4m3fn)
+            quantized[key], quantized[f"{prefix}.weight_scale"] = q, scale
+            quantized[f"{prefix}.comfy_quant"] = marker.clone()
+            dequantized[key] = q.float() * scale
+        else:
+            quantized[key] = value
+    return quantized, dequantized
+
+
 class FakeAnimaClip:
     """Returns what ComfyUI's Anima CLIP returns: Qwen3 states [1, n, 1024] plus t5xxl ids/weights."""
 

@@ -53,3 +53,16 @@ def test_weights_are_restored_when_the_block_raises():
     except KeyboardInterrupt:
         pass
     assert [p for p in model.parameters()] == before
+
+
+def test_aliases_keep_every_attribute_of_the_original():
+    # ComfyUI's DynamicVRAM reads ``_model_dtype`` from the parameter to size its cast of an fp8 weight.
+    model = _inference_model()
+    model[0].weight._model_dtype = torch.float8_e4m3fn
+    model[0].weight.seed_key = "0.weight"
+    model.scale._comfy_tag = "buffer"
+    with autograd_safe_weights(model):
+        assert not model[0].weight.is_inference()
+        assert model[0].weight._model_dtype == torch.float8_e4m3fn and model[0].weight.seed_key == "0.weight"
+        assert model.scale._comfy_tag == "buffer"
+    assert model[0].weight._model_dtype == torch.float8_e4m3fn
