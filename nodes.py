@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from .anima_context.patch import APPLY_TO_CHOICES
+from .anima_context.activation_checkpoint import CHECKPOINTING_CHOICES
+from .anima_context.context_file import numbered_name
+from .anima_context.errors import AnimaFastTrainError
+from .anima_context.images import check_training_size
+from .anima_context.patch import APPLY_TO_CHOICES, block_weights, check_sampling_range
 from .anima_context.trainer import COMPUTE_DTYPES
 
 CONTEXT_TYPE = "ANIMA_REFERENCE_CONTEXT"
@@ -17,6 +21,24 @@ def _glue():
     return comfy_glue
 
 
+def _refusal(node_class, values: dict, check) -> bool | str:
+    """A VALIDATE_INPUTS answer: True, or why the prompt is refused before any node runs. ComfyUI
+    passes a linked input as None (its value is not known yet: the node checks it when it runs)
+    and skips its own min/max check for every input a VALIDATE_INPUTS names, so that is done here."""
+    spec = node_class.INPUT_TYPES()
+    declared = {**spec["required"], **spec.get("optional", {})}
+    for name, value in values.items():
+        options = declared[name][1]
+        low, high = options.get("min", value), options.get("max", value)
+        if value is not None and not low <= value <= high:
+            return f"Invalid setting: {name} is {value}, outside {low}..{high}."
+    try:
+        check()
+    except AnimaFastTrainError as error:
+        return str(error)
+    return True
+
+
 class AnimaFastTrainReferenceContext:
     DESCRIPTION = (
         "Trains a set of context tokens for every Anima DiT block from one to three reference images, "
@@ -24,6 +46,9 @@ class AnimaFastTrainReferenceContext:
     )
     CATEGORY = CATEGORY
     FUNCTION = "train"
+    # Words users type in the node search (the frontend matches them like the display name).
+    SEARCH_ALIASES = ["train context tokens", "context tokens", "train context", "character", "identity", "reference",
+                      "reference image", "anima"]
     RETURN_TYPES = (CONTEXT_TYPE, "STRING", "IMAGE")
     RETURN_NAMES = ("AnimaReferenceContext", "info", "loss_plot")
     OUTPUT_TOOLTIPS = (
@@ -46,11 +71,13 @@ class AnimaFastTrainReferenceContext:
                     "default": "1girl, solo, anime illustration",
                     "tooltip": "A prompt describing the references; the tokens learn what it leaves out.",
                 }),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
+                # "fixed", not the frontend's default "randomize" for a seed: a new seed each queue would retrain.
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": "fixed",
                                  "tooltip": "Seed for the token init, the noise and the timesteps. Same seed and inputs, same tokens."}),
                 "training_steps": ("INT", {"default": 50, "min": 1, "max": 10000,
                                            "tooltip": "Optimisation steps. More steps learn more and take longer."}),
-                "learning_rate": ("FLOAT", {"default": 0.1, "min": 0.00001, "max": 1.0, "step": 0.00001,
+                # The frontend shows as many decimals as the step has and an arrow click adds one step.
+                "learning_rate": ("FLOAT", {"default": 0.1, "min": 0.001, "max": 1.0, "step": 0.005, "round": 0.001,
                                             "tooltip": "Adam learning rate for the tokens. Lower it if training fails with NaN."}),
                 "training_image_size": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 16,
                                                 "tooltip": "References are resized and center-cropped to this square size (multiple of 16)."}),
@@ -64,20 +91,32 @@ class AnimaFastTrainReferenceContext:
             "optional": {
                 "reference_image_2": ("IMAGE", {"tooltip": reference_tip}),
                 "reference_image_3": ("IMAGE", {"tooltip": reference_tip}),
+                "activation_checkpointing": (list(CHECKPOINTING_CHOICES), {
+                    "default": "auto",
+                    "tooltip": "Recompute the DiT's activations in backward instead of keeping them: much less memory "
+                               "(a 12 GB card trains 1024 px with 3 references), about a third more time per step. "
+                               "auto: only when training would not fit the GPU's free memory; never on the CPU."}),
             },
             # The node's id, to show the current loss under its progress bar.
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, training_image_size=None):
+        # Only what ComfyUI cannot check itself: every input named here yields its own error line.
+        return _refusal(cls, {"training_image_size": training_image_size},
+                        lambda: training_image_size is None or check_training_size(training_image_size))
+
     def train(self, model, clip, vae, reference_image, training_prompt, seed, training_steps, learning_rate,
               training_image_size, num_tokens, init_std, training_dtype, reference_image_2=None, reference_image_3=None,
-              training_mask=None, unique_id=None):
+              training_mask=None, unique_id=None, activation_checkpointing="auto"):
         images = {"reference_image": reference_image, "reference_image_2": reference_image_2,
                   "reference_image_3": reference_image_3}
         return _glue().train_reference_context(
             model, clip, vae, images, training_prompt, seed=seed, steps=training_steps,
             learning_rate=learning_rate, image_size=training_image_size, num_tokens=num_tokens,
             init_std=init_std, dtype_name=training_dtype, masks=training_mask, node_id=unique_id,
+            activation_checkpointing=activation_checkpointing,
         )
 
 
@@ -86,6 +125,8 @@ class AnimaFastTrainMaskedReferenceContext(AnimaFastTrainReferenceContext):
         "Like Train Context Tokens, with a training_mask that weights the loss per pixel: the tokens learn the "
         "character (white) and not the background (black). One mask for all references or one per reference."
     )
+    SEARCH_ALIASES = ["mask train", "masked train", "mask train context tokens", "train context tokens", "context tokens",
+                      "character", "identity", "reference", "mask", "cut-out"]
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -96,8 +137,10 @@ class AnimaFastTrainMaskedReferenceContext(AnimaFastTrainReferenceContext):
             if name == "reference_image":
                 required["training_mask"] = ("MASK", {
                     "tooltip": "White (1) = the character, black (0) = ignore. One mask for all references or one per "
-                               "reference in order, each the size of its reference. Load Image's MASK is 1 where the "
-                               "picture is transparent: add Invert Mask for a cut-out."})
+                               "reference in order, each the size of its reference. A cut-out PNG (transparent "
+                               "background): Load Image's MASK through Invert Mask. Painted over the character in Load "
+                               "Image's mask editor: its MASK as it is. A picture without transparency has no mask: use "
+                               "the plain train node."})
         return {**spec, "required": required}
 
 
@@ -108,6 +151,7 @@ class AnimaFastTrainApplyContext:
     )
     CATEGORY = CATEGORY
     FUNCTION = "apply"
+    SEARCH_ALIASES = ["apply context", "apply context tokens", "reference context", "anima"]
     RETURN_TYPES = ("MODEL",)
     OUTPUT_TOOLTIPS = ("The patched model, for KSampler.",)
 
@@ -135,6 +179,16 @@ class AnimaFastTrainApplyContext:
             },
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, start_percent=0.0, end_percent=1.0, blocks="all"):
+        def check():
+            if start_percent is not None and end_percent is not None:
+                check_sampling_range(start_percent, end_percent)
+            if blocks is not None:
+                block_weights(blocks, None)  # the syntax, and ranges no Anima has: the block count comes with the model
+
+        return _refusal(cls, {"start_percent": start_percent, "end_percent": end_percent, "blocks": blocks}, check)
+
     def apply(self, model, context, strength, apply_to="positive", start_percent=0.0, end_percent=1.0, blocks="all"):
         return (_glue().apply_reference_context(model, context, strength, apply_to, start_percent, end_percent, blocks),)
 
@@ -147,7 +201,10 @@ class AnimaFastTrainSaveContext:
     CATEGORY = CATEGORY
     FUNCTION = "save"
     OUTPUT_NODE = True
-    RETURN_TYPES = ()
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("filename",)
+    OUTPUT_TOOLTIPS = ("The saved file's name in its folder, as Load Context lists it.",)
+    SEARCH_ALIASES = ["save context", "save context tokens", "export context"]
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -161,15 +218,23 @@ class AnimaFastTrainSaveContext:
             }
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, filename_prefix=None):
+        return _refusal(cls, {"filename_prefix": filename_prefix},
+                        lambda: filename_prefix is None or numbered_name(filename_prefix, 1))
+
     def save(self, context, filename_prefix, destination):
         name = _glue().save_reference_context(context, filename_prefix, destination)
-        return {"ui": {"text": [f"saved {name} in {destination}"]}}
+        folder = "models/anima_contexts" if destination == "anima_contexts" else "the output folder"
+        # web/save_context.js shows the text on the node; the frontend draws no ui.text by itself.
+        return {"ui": {"text": [f"saved {name} in {folder}"]}, "result": (name,)}
 
 
 class AnimaFastTrainLoadContext:
     DESCRIPTION = "Loads a context saved by Save Context from models/anima_contexts, checking its shapes and metadata."
     CATEGORY = CATEGORY
     FUNCTION = "load"
+    SEARCH_ALIASES = ["load context", "load context tokens", "open context"]
     RETURN_TYPES = (CONTEXT_TYPE, "STRING")
     RETURN_NAMES = ("AnimaReferenceContext", "info")
     OUTPUT_TOOLTIPS = ("The saved context, for Apply Context.", "What the context was trained on.")

@@ -4,6 +4,7 @@ with a saved one, so that a script can check the result.
     python -m anima_context train --image ref.png [--image ref2.png ...] [--mask m.png ...] \\
         --prompt "1girl, solo" --out ctx.safetensors
     python -m anima_context sample --context ctx.safetensors --prompt "1girl, solo, smiling" --out image.png
+    python -m anima_context demo-models demo    # random-weight models to try it without the real ones
 
 Run it from the pack's folder (the one that holds ``anima_context/``). It uses the ComfyUI the pack is
 installed in (``ComfyUI/custom_nodes/<pack>/``), or the one named by ``--comfyui DIR`` or the
@@ -26,6 +27,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from .activation_checkpoint import CHECKPOINTING_CHOICES
+from .demo_models import demo_paths, write_demo_models
 from .errors import AnimaFastTrainError
 from .image_files import ImageFileError, load_image, load_mask, masks_for_references
 from .images import SIZE_MULTIPLE
@@ -99,10 +102,31 @@ def _common_options() -> argparse.ArgumentParser:
     where.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is there (as ComfyUI's --cpu); "
                                                           "without a CUDA GPU the CPU is used anyway.")
     for key, spec in MODEL_FILES.items():
-        where.add_argument(spec.option, dest=key, default=spec.default, metavar="NAME_OR_PATH",
+        where.add_argument(spec.option, dest=key, default=None, metavar="NAME_OR_PATH",
                            help=f"the {spec.what}: a file name in ComfyUI's {spec.folder} folder, or a path to a file "
                                 f"(default: {spec.default}).")
+    where.add_argument("--demo-models", metavar="DIR",
+                       help="use the random-weight demo models that 'demo-models DIR' wrote (instead of the official "
+                            "Anima files; they render noise). --unet, --clip and --vae still take precedence.")
     return common
+
+
+def model_names(args) -> dict[str, str]:
+    """The name or path of each model: its option, else the demo set's file, else the official name."""
+    demo = demo_paths(args.demo_models) if getattr(args, "demo_models", None) else {}
+    names = {}
+    for key, spec in MODEL_FILES.items():
+        explicit = getattr(args, key, None)
+        if explicit:
+            names[key] = explicit
+        elif key in demo:
+            if not demo[key].is_file():
+                raise CommandLineError(f"--demo-models {args.demo_models}: {demo[key]} is missing. Write the demo set first: "
+                                       f"python -m anima_context demo-models {args.demo_models}")
+            names[key] = str(demo[key])
+        else:
+            names[key] = spec.default
+    return names
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--init-std", type=float, default=0.5, help="spread of the random token init (default: 0.5).")
     train.add_argument("--dtype", choices=list(COMPUTE_DTYPES), default="bfloat16",
                        help="compute dtype while training; tokens stay float32. On a CPU float32 is used (default: bfloat16).")
+    train.add_argument("--activation-checkpointing", choices=list(CHECKPOINTING_CHOICES), default="auto",
+                       help="recompute the DiT's activations in backward: much less memory, about a third more time per "
+                            "step; auto: only when training would not fit the GPU's free memory, never on a CPU (default: auto).")
     train.add_argument("--loss-plot", metavar="FILE.png", help="optional: also save the loss and lift curves as a PNG.")
     train.set_defaults(run=run_train)
 
@@ -165,6 +192,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="blocks that get their tokens: all, a range 0-13, a list 0,3,5-7, or one weight per block "
                              "with decimal points (default: all).")
     sample.set_defaults(run=run_sample)
+
+    demo = commands.add_parser(
+        "demo-models", help="write random-weight Anima models to try the pack without the real ones",
+        description="Write a small random-weight Anima model set (DiT, Qwen3-0.6B text encoder, VAE) in ComfyUI's folder "
+                    "layout under DIR, plus a reference picture (ComfyUI's input/example.png), for 'train --demo-models DIR' "
+                    "and 'sample --demo-models DIR'. About 1.5 GB (the text encoder is full size). The architecture is real, "
+                    "the weights are random: images rendered with them are noise.")
+    demo.add_argument("folder", metavar="DIR", help="where to write them (created if missing). Not ComfyUI's models folder, "
+                                                    "unless you want them listed in its loader nodes.")
+    demo.add_argument("--comfyui", metavar="DIR", help="the ComfyUI folder whose classes give the shapes. Default: $COMFYUI_PATH, "
+                                                      "else the ComfyUI this pack is installed in.")
+    demo.add_argument("--force", action="store_true", help="overwrite files already there (default: keep them).")
+    demo.set_defaults(run=run_demo_models, models_dir=None, cpu=True)
     return parser
 
 
@@ -304,10 +344,10 @@ def load_models(args, comfy_env: Comfy, say: Callable[[str], None]):
     """MODEL, CLIP and VAE, loaded as UNETLoader, CLIPLoader (type stable_diffusion) and VAELoader do.
     Call under torch.inference_mode(), as ComfyUI's executor runs its loaders."""
     folder_paths, glue = comfy_env.folder_paths, comfy_env.glue
-    paths, missing = {}, []
+    paths, missing, names = {}, [], model_names(args)
     for key, spec in MODEL_FILES.items():  # every missing file in one message: a first run often lacks all three
         try:
-            paths[key] = resolve_model(key, getattr(args, key), folder_paths.get_full_path, folder_paths.get_folder_paths(spec.folder))
+            paths[key] = resolve_model(key, names[key], folder_paths.get_full_path, folder_paths.get_folder_paths(spec.folder))
         except CommandLineError as error:
             missing.append(str(error))
     if missing:
@@ -390,6 +430,7 @@ def run_train(args) -> int:
     TrainSettings(steps=args.steps, learning_rate=args.learning_rate, num_tokens=args.num_tokens,
                   init_std=args.init_std, seed=args.seed).validate()
     images, masks = read_references(args.image, args.mask)
+    model_names(args)  # a missing demo set is named before ComfyUI loads
     comfy_env = setup_comfyui(args)
     say(f"ComfyUI {comfy_env.root} on {comfy_env.device}")
     with torch.inference_mode():  # as ComfyUI's executor runs every node
@@ -398,7 +439,7 @@ def run_train(args) -> int:
         context, info, plot = comfy_env.glue.train_reference_context(
             model, clip, vae, images, args.prompt, seed=args.seed, steps=args.steps, learning_rate=args.learning_rate,
             image_size=args.size, num_tokens=args.num_tokens, init_std=args.init_std, dtype_name=args.dtype,
-            masks=masks, on_progress=progress_printer(),
+            masks=masks, on_progress=progress_printer(), activation_checkpointing=args.activation_checkpointing,
         )
     say(info)
     save_context(context, out)
@@ -419,6 +460,7 @@ def run_sample(args) -> int:
     if args.start_percent > args.end_percent:
         raise CommandLineError(f"--start-percent {args.start_percent} is above --end-percent {args.end_percent}.")
     context = load_context(args.context)  # a bad file fails before the models load
+    model_names(args)
     meta = context.metadata
     prompt = args.prompt if args.prompt is not None else meta.get("prompt") or DEFAULT_TRAIN_PROMPT
     comfy_env = setup_comfyui(args)
@@ -448,10 +490,23 @@ def run_sample(args) -> int:
     return 0
 
 
+def run_demo_models(args) -> int:
+    started = time.perf_counter()
+    folder = Path(args.folder).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise CommandLineError(f"{folder} is a file; name a folder.")
+    comfy_env = setup_comfyui(args)
+    say(f"ComfyUI {comfy_env.root}; writing random-weight Anima models into {folder.resolve()}")
+    write_demo_models(folder, comfy_env.root, say, force=args.force)
+    say(f"done in {time.perf_counter() - started:.0f}s. Use them with: python -m anima_context train --demo-models {args.folder} ...")
+    return 0
+
+
 # The pack's messages name the node inputs; on the command line the options stand for them.
 NODE_INPUT_OPTIONS = {"training_image_size": "--size", "training_steps": "--steps", "learning_rate": "--learning-rate",
                       "num_tokens": "--num-tokens", "init_std": "--init-std", "training_dtype": "--dtype",
-                      "training_mask": "--mask", "start_percent": "--start-percent", "end_percent": "--end-percent"}
+                      "training_mask": "--mask", "activation_checkpointing": "--activation-checkpointing",
+                      "start_percent": "--start-percent", "end_percent": "--end-percent"}
 
 
 def in_option_names(message: str) -> str:

@@ -20,14 +20,31 @@ MAX_FILE_BYTES = 256 * 2**20
 LIMITS = {"num_blocks": 128, "num_tokens": 1024, "width": 8192}
 
 
+def check_file_name(name: str, label: str = "the file name") -> str:
+    """The rule for a context's file name, before any folder is known: not empty, no ``..``, not absolute."""
+    if not name or "\x00" in name or os.path.isabs(name) or ".." in Path(name).parts or Path(name).drive:
+        raise InvalidContextFileError(f"{label} {_short(name)!r} is not allowed: use a plain name, without '..', "
+                                      "inside the contexts folder.")
+    return name
+
+
+def numbered_name(prefix: str, counter: int) -> str:
+    """Save Context's file name, ``<prefix>_00001``, under the rule of ``check_file_name``."""
+    name = f"{prefix}_{counter:05d}"
+    try:
+        return check_file_name(name)
+    except InvalidContextFileError:
+        check_file_name(prefix, "filename_prefix")
+        raise
+
+
 def confined_path(folder: str | os.PathLike, name: str) -> Path:
     """``folder/name`` (``.safetensors`` added), refused if it would leave ``folder``."""
-    if not name or "\x00" in name or os.path.isabs(name) or ".." in Path(name).parts:
-        raise InvalidContextFileError(f"the file name {name!r} is not allowed: use a plain name inside the contexts folder.")
+    check_file_name(name)
     root = Path(folder).resolve()
     path = (root / (name if name.endswith(SUFFIX) else name + SUFFIX)).resolve()
     if os.path.commonpath([root, path]) != str(root):
-        raise InvalidContextFileError(f"the file name {name!r} points outside {root}.")
+        raise InvalidContextFileError(f"the file name {_short(name)!r} points outside the contexts folder.")
     return path
 
 
@@ -46,23 +63,25 @@ def load_context(path: str | os.PathLike) -> ReferenceContext:
     from safetensors import safe_open
 
     path = Path(path)
+    name = _short(path.name)
     if not path.is_file():
-        raise InvalidContextFileError(f"{path.name} does not exist.")
+        raise InvalidContextFileError(f"{name} does not exist.")
     size = path.stat().st_size
     if size > MAX_FILE_BYTES:
-        raise InvalidContextFileError(f"{path.name} is {size / 2**20:.0f} MiB, far larger than any context; refusing to read it.")
+        raise InvalidContextFileError(f"{name} is {size / 2**20:.0f} MiB, far larger than any context; refusing to read it.")
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             header = handle.metadata() or {}
             keys = set(handle.keys())
             if keys != {"tokens"}:
-                raise InvalidContextFileError(f"{path.name} holds {sorted(keys)}, not an AnimaFastTrain context (expected 'tokens').")
+                raise InvalidContextFileError(f"{name} holds {_tensor_names(keys)}, so it is not an AnimaFastTrain "
+                                              "context (which holds one tensor, 'tokens'): load a file that Save Context wrote.")
             tokens = handle.get_tensor("tokens")
     except InvalidContextFileError:
         raise
     except Exception as error:  # safetensors reports truncated or malformed files in several ways
-        raise InvalidContextFileError(f"{path.name} is not a readable .safetensors file ({error}).") from None
-    return _validated(path.name, tokens, header)
+        raise InvalidContextFileError(f"{name} is not a readable .safetensors file ({_short(str(error), 120)}).") from None
+    return _validated(name, tokens, header)
 
 
 def _validated(name: str, tokens: torch.Tensor, header: dict) -> ReferenceContext:
@@ -71,7 +90,7 @@ def _validated(name: str, tokens: torch.Tensor, header: dict) -> ReferenceContex
     try:
         metadata = json.loads(header[METADATA_KEY])
     except json.JSONDecodeError as error:
-        raise InvalidContextFileError(f"{name} has unreadable metadata ({error}).") from None
+        raise InvalidContextFileError(f"{name} has unreadable metadata ({_short(str(error), 120)}).") from None
     if not isinstance(metadata, dict):
         raise InvalidContextFileError(f"{name} has metadata of the wrong kind.")
     if tokens.dtype not in (torch.float32, torch.float16, torch.bfloat16) or tokens.ndim != 3:
@@ -83,7 +102,7 @@ def _validated(name: str, tokens: torch.Tensor, header: dict) -> ReferenceContex
             raise InvalidContextFileError(f"{name}: {key} is {shape[key]}, outside 1..{limit}.")
     for key in ("num_blocks", "width"):
         if key in metadata and metadata[key] != shape[key]:
-            raise InvalidContextFileError(f"{name}: the metadata says {key} {metadata[key]} but the tokens have {shape[key]}.")
+            raise InvalidContextFileError(f"{name}: the metadata says {key} {_short(str(metadata[key]))} but the tokens have {shape[key]}.")
     tokens = tokens.float()
     if not bool(torch.isfinite(tokens).all()):
         raise InvalidContextFileError(f"{name} holds NaN or infinite tokens.")
@@ -91,3 +110,14 @@ def _validated(name: str, tokens: torch.Tensor, header: dict) -> ReferenceContex
     if lift is not None and not (isinstance(lift, (int, float)) and math.isfinite(lift)):
         raise InvalidContextFileError(f"{name} has an invalid lift in its metadata.")
     return ReferenceContext(tokens=tokens, metadata=metadata)
+
+
+def _tensor_names(keys: set[str]) -> str:
+    """A few of a file's tensor names, never all: a model file holds hundreds."""
+    names = sorted(keys)
+    shown = ", ".join(repr(_short(name)) for name in names[:3])
+    return f"{len(names)} tensors ({shown}{', ...' if len(names) > 3 else ''})" if names else "no tensors"
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."

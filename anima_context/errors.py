@@ -1,14 +1,26 @@
 """The errors users search for. Each message starts with a fixed phrase and says how to fix it."""
 
 
+# ComfyUI names an error by ``type.__module__ + "." + __qualname__`` (execution.py, full_type_name);
+# a custom node's module is named after its folder path, so the UI would show that path.
+TYPE_PREFIX = "AnimaFastTrain"
+
+
 class AnimaFastTrainError(Exception):
     """Base class: every error this pack raises on purpose."""
 
     phrase = "AnimaFastTrain error"
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.__module__ = TYPE_PREFIX
+
     def __init__(self, detail: str):
         super().__init__(f"{self.phrase}: {detail}")
         self.detail = detail
+
+
+AnimaFastTrainError.__module__ = TYPE_PREFIX
 
 
 class InvalidReferenceImageError(AnimaFastTrainError, ValueError):

@@ -8,8 +8,11 @@ import torch.nn.functional as F
 from .errors import InvalidTrainingMaskError
 from .images import fit_to_square
 
-MASK_HELP = ("White (1) marks the character, black (0) what to ignore. Load Image's MASK is 1 where the picture is "
-             "transparent (and all zero for a picture without alpha): put an Invert Mask node after it for a cut-out.")
+# Load Image's MASK is 1 - alpha: 1 where the picture is transparent or painted over in the mask editor,
+# and all zero for a picture without alpha (where Invert Mask gives all ones: training on everything).
+MASK_HELP = ("White (1) marks the character, black (0) what to ignore. What works: a cut-out PNG with a transparent "
+             "background through Load Image and Invert Mask, the character painted over in Load Image's mask editor "
+             "(no Invert Mask), or the plain Train Context Tokens node.")
 
 
 def validate_masks(mask, reference_count: int) -> list[torch.Tensor]:
@@ -50,7 +53,7 @@ def mask_loss_weights(mask, reference_sizes: list[tuple[int, int]], image_size: 
         which = f"mask {index + 1}" if len(masks) > 1 else "the mask"
         if float(one.max()) <= 0.0:  # before the size: Load Image gives a 64x64 zero mask for a picture without alpha
             raise InvalidTrainingMaskError(f"{which} for reference image {index + 1} is all zero (black): nothing would be "
-                                           f"learnt. {MASK_HELP}")
+                                           f"learnt (Load Image gives this for a picture without transparency). {MASK_HELP}")
         if tuple(one.shape) != (height, width):
             raise InvalidTrainingMaskError(
                 f"size mismatch: {which} is {one.shape[1]}x{one.shape[0]} px but reference image {index + 1} is "

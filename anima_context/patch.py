@@ -9,7 +9,11 @@ Protocol (ComfyUI's Cosmos/Anima ``Attention.compute_qkv``): called as
 
 from __future__ import annotations
 
+import math
+
 import torch
+
+from .errors import InvalidSettingError
 
 # ComfyUI's labels for the chunks of a sampling batch (comfy/samplers.py: COND = 0, UNCOND = 1).
 COND, UNCOND = 0, 1
@@ -84,21 +88,63 @@ class ContextTokenPatch:
         return self
 
 
-def parse_block_selection(text: str, num_blocks: int) -> list[float] | None:
+# The most blocks any Anima has (comfy/model_detection.py: 28 at width 2048, 36 at 5120): before the
+# model is known, a block number at or above it is wrong for every Anima.
+MAX_ANIMA_BLOCKS = 36
+BLOCKS_HELP = "use 'all', a range like 0-9, a list like 0,3,5-7, or one weight per block with decimal points"
+
+
+def parse_block_selection(text: str, num_blocks: int | None) -> list[float] | None:
     """``all`` (None), a range ``4-12`` or list ``0,3,5-7`` of blocks (weight 1, others 0), or one
-    weight per block ``1,1,0.5,...``. Raises ValueError with what is wrong."""
+    weight per block ``1,1,0.5,...``. Raises ValueError with what is wrong. ``num_blocks`` None
+    (the model not known yet) checks the syntax and the ranges any Anima allows, and returns None."""
     text = (text or "").strip().lower()
     if text in ("", "all"):
         return None
+    limit = MAX_ANIMA_BLOCKS if num_blocks is None else num_blocks
     parts = [part.strip() for part in text.split(",") if part.strip()]
-    if len(parts) == num_blocks and any("." in part for part in parts):
-        weights = [float(part) for part in parts]
-        return weights
+    if any("." in part for part in parts):
+        weights = []
+        for part in parts:
+            try:
+                weights.append(float(part))
+            except ValueError:
+                raise ValueError(f"{_short(part)!r} is not a number") from None
+        if not all(math.isfinite(weight) for weight in weights):
+            raise ValueError("block weights must be finite")
+        if num_blocks is not None and len(weights) != num_blocks:
+            raise ValueError(f"{len(weights)} weights for {num_blocks} blocks")
+        if len(weights) > limit:
+            raise ValueError(f"{len(weights)} weights, more than any Anima has blocks ({limit})")
+        return weights if num_blocks is not None else None
     chosen = set()
     for part in parts:
-        first, _, last = part.partition("-")
-        low, high = int(first), int(last or first)
-        if not 0 <= low <= high < num_blocks:
-            raise ValueError(f"block range {part!r} is outside 0..{num_blocks - 1}")
+        first, dash, last = (piece.strip() for piece in part.partition("-"))
+        if not first.isdigit() or (dash and not last.isdigit()):
+            raise ValueError(f"{_short(part)!r} is not a block number or range")
+        low, high = (int(number) if len(number) < 6 else limit for number in (first, last or first))
+        if not 0 <= low <= high < limit:
+            where = f"0..{limit - 1}" if num_blocks is not None else f"the blocks of any Anima (at most {limit})"
+            raise ValueError(f"block range {_short(part)!r} is outside {where}")
         chosen.update(range(low, high + 1))
+    if num_blocks is None:
+        return None
     return [1.0 if index in chosen else 0.0 for index in range(num_blocks)]
+
+
+def block_weights(text: str, num_blocks: int | None) -> list[float] | None:
+    """``parse_block_selection`` for the Apply Context node: a bad ``blocks`` is an Invalid setting."""
+    try:
+        return parse_block_selection(text, num_blocks)
+    except ValueError as error:
+        raise InvalidSettingError(f"blocks {_short(text)!r}: {error}; {BLOCKS_HELP}.") from None
+
+
+def check_sampling_range(start_percent: float, end_percent: float) -> None:
+    """Apply Context's start/end percent: both in 0..1, start not after end."""
+    if not 0.0 <= start_percent <= end_percent <= 1.0:
+        raise InvalidSettingError(f"start_percent ({start_percent}) must not be above end_percent ({end_percent}), both in 0..1.")
+
+
+def _short(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,9 +1,10 @@
 """The headless command line (``python -m anima_context``). Argument handling, finding ComfyUI and
-the model files, and reading pictures and masks run without ComfyUI; the end-to-end runs need
-COMFYUI_PATH plus a real Qwen3 text encoder and VAE file (ANIMA_TEXT_ENCODER, ANIMA_VAE)."""
+the model files, and reading pictures and masks run without ComfyUI; the demo model set and the
+end-to-end runs on it need COMFYUI_PATH."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from conftest import REPO
 from PIL import Image
 
 from anima_context import cli
+from anima_context.demo_models import DEMO_FILES, DEMO_PICTURE, DIT_WIDTH, demo_paths
 from anima_context.errors import InvalidReferenceImageError
 from anima_context.image_files import ImageFileError, load_image, load_mask, masks_for_references
 
@@ -45,8 +47,9 @@ def test_train_defaults_mirror_the_node():
     assert (args.seed, args.steps, args.learning_rate, args.size, args.num_tokens, args.init_std, args.dtype) == (
         0, 50, 0.1, 512, 16, 0.5, "bfloat16")
     assert args.prompt == "1girl, solo, anime illustration" and args.mask == [] and args.loss_plot is None
-    assert (args.unet, args.clip, args.vae) == ("anima-base-v1.0.safetensors", "qwen_3_06b_base.safetensors",
-                                                "qwen_image_vae.safetensors")
+    assert cli.model_names(args) == {"unet": "anima-base-v1.0.safetensors", "clip": "qwen_3_06b_base.safetensors",
+                                     "vae": "qwen_image_vae.safetensors"}
+    assert args.demo_models is None
     assert args.comfyui is None and args.models_dir is None and not args.cpu and args.run is cli.run_train
 
 
@@ -279,6 +282,36 @@ def test_python_dash_m_runs_without_comfyui(tmp_path):
     assert failed.returncode == 2 and "none.png does not exist" in failed.stderr and "Traceback" not in failed.stderr
 
 
+def test_demo_models_name_the_demo_files_and_options_still_win(tmp_path):
+    paths = demo_paths(tmp_path)
+    for path in paths.values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+    args = cli.build_parser().parse_args(["train", "--image", "a.png", "--out", "o", "--demo-models", str(tmp_path),
+                                          "--vae", "mine.safetensors"])
+    assert cli.model_names(args) == {"unet": str(paths["unet"]), "clip": str(paths["clip"]), "vae": "mine.safetensors"}
+    assert [path.relative_to(tmp_path).as_posix() for path in paths.values()] == [
+        "diffusion_models/anima_demo_dit.safetensors", "text_encoders/anima_demo_qwen3_06b.safetensors", "vae/anima_demo_vae.safetensors"]
+
+
+def test_a_missing_demo_set_says_how_to_write_it_before_loading_comfyui(tmp_path, capsys):
+    picture = _png(tmp_path / "a.png", _rgb(32, 32))
+    code = cli.main(["train", "--demo-models", str(tmp_path / "nothing"), "--image", str(picture), "--out", str(tmp_path / "c"),
+                     "--comfyui", str(tmp_path / "not_comfyui")])  # never looked at: the demo set is checked first
+    err = capsys.readouterr().err
+    assert code == 2 and "anima_demo_dit.safetensors is missing" in err
+    assert f"python -m anima_context demo-models {tmp_path / 'nothing'}" in err
+
+
+def test_the_tools_use_the_demo_file_names():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("run_example_workflows", REPO / "tools" / "run_example_workflows.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert sorted((sub, name) for _, sub, name in tool.DEMO_MODELS.values()) == sorted(DEMO_FILES.values())
+
+
 # --- end to end, with ComfyUI ------------------------------------------------------------------
 
 
@@ -289,21 +322,39 @@ def _run(*argv, timeout=900):
 
 
 @pytest.fixture(scope="module")
-def model_files(comfyui, tmp_path_factory):
-    """--comfyui plus the three model options: a small random-weight DiT written here, the real
-    Qwen3 text encoder and VAE files from ANIMA_TEXT_ENCODER and ANIMA_VAE."""
-    text_encoder, vae = os.environ.get("ANIMA_TEXT_ENCODER"), os.environ.get("ANIMA_VAE")
-    if not (text_encoder and Path(text_encoder).is_file() and vae and Path(vae).is_file()):
-        pytest.skip("ANIMA_TEXT_ENCODER and ANIMA_VAE must name a Qwen3-0.6B text encoder and an Anima (Wan 2.1) VAE "
-                    ".safetensors file (e.g. the harness's tiny_anima_qwen3_06b / tiny_anima_wan21_vae) for the "
-                    "end-to-end command-line runs")
-    from comfy_anima import random_anima_state_dict
-    from safetensors.torch import save_file
+def demo_set(comfyui, tmp_path_factory):
+    """The demo model set, written by the command line as a user would (about 1.5 GB, ~25 s on 2 cores)."""
+    folder = tmp_path_factory.mktemp("demo") / "my demo"  # a space in the path, as on many Windows set-ups
+    result = _run("demo-models", folder, "--comfyui", comfyui, timeout=600)
+    return folder, result
 
-    dit = tmp_path_factory.mktemp("models") / "cli_test_dit.safetensors"
-    # bfloat16 halves the file (the fixed-size LLM adapter dominates it); ComfyUI loads it as usual.
-    save_file({k: v.to(torch.bfloat16).contiguous() for k, v in random_anima_state_dict(256).items()}, str(dit))
-    return ["--comfyui", comfyui, "--unet", dit, "--clip", text_encoder, "--vae", vae]
+
+@pytest.fixture(scope="module")
+def model_files(demo_set, comfyui):
+    folder, result = demo_set
+    assert result.returncode == 0, result.stderr
+    return ["--comfyui", comfyui, "--demo-models", folder]
+
+
+def test_demo_models_writes_random_weight_files_in_comfyuis_layout(demo_set, comfyui):
+    from safetensors import safe_open
+
+    folder, result = demo_set
+    assert result.returncode == 0, result.stderr
+    for key, path in demo_paths(folder).items():
+        assert f"wrote {path}" in result.stdout, result.stdout
+        with safe_open(str(path), "pt") as weights:
+            note = json.loads(weights.metadata()["anima_fasttrain_demo"])
+            assert note["random_weights"] is True
+            if key == "unet":  # the key ComfyUI's detection reads the width from
+                assert weights.get_slice("x_embedder.proj.1.weight").get_shape()[0] == DIT_WIDTH
+    assert (folder / DEMO_PICTURE).read_bytes() == (comfyui / "input" / DEMO_PICTURE).read_bytes()
+    assert "train --demo-models" in result.stdout.splitlines()[-1]
+    # a second run keeps what is there (no 1.5 GB rewrite) and a file where the folder belongs is refused
+    again = _run("demo-models", folder, "--comfyui", comfyui, timeout=300)
+    assert again.returncode == 0 and again.stdout.count("kept ") == 3 and "wrote" not in again.stdout, again.stdout
+    blocked = _run("demo-models", folder / DEMO_PICTURE, "--comfyui", comfyui, timeout=300)
+    assert blocked.returncode == 2 and "is a file" in blocked.stderr and "Traceback" not in blocked.stderr
 
 
 @pytest.fixture(scope="module")

@@ -332,7 +332,10 @@ def test_masked_node_trains_weights_the_loss_and_shows_the_loss_under_the_progre
     assert masked.metadata["heldout_loss_without"] != pytest.approx(plain.metadata["heldout_loss_without"])
     assert masked.metadata["heldout_loss_with"] < masked.metadata["heldout_loss_without"]
     assert not torch.allclose(masked.tokens, plain.tokens)
-    assert sent == [("42", f"step 10/10\nloss {masked.metadata['final_loss']:.4f}")]
+    final = masked.metadata["final_loss"]  # every step's text, the loss when read back (step 10), then done
+    assert sent[:11] == [("42", "preparing: step 0/10")] + [("42", f"step {k}/10") for k in range(1, 10)] + [
+        ("42", f"step 10/10\nloss {final:.4f}")]
+    assert len(sent) == 12 and sent[11][1].startswith(f"done: 10 steps\nloss {final:.4f}, identity lift ")
     assert (10, 10, "42") in bar and (10, 10, None) in bar
     with pytest.raises(InvalidTrainingMaskError, match="all zero"), torch.inference_mode():
         node.train(anima, FakeAnimaClip(), FakeWanVae(), image, training_mask=torch.zeros(1, 80, 64), **args)

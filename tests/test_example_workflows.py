@@ -1,5 +1,6 @@
 """The example workflows (ComfyUI UI format) and their template thumbnails, checked without ComfyUI:
-links, model download links, and the pack's own nodes against their definitions."""
+titles and order, links, model download links, default pictures, and the pack's own nodes against their
+definitions."""
 
 from __future__ import annotations
 
@@ -11,8 +12,12 @@ from conftest import REPO
 from PIL import Image
 
 WORKFLOWS = REPO / "example_workflows"
-EXPECTED = {"anima_fasttrain_basic", "anima_fasttrain_masked", "anima_fasttrain_save_then_load",
-            "anima_fasttrain_three_references_steering"}
+# ComfyUI's template browser titles a custom node's template with its file name and lists them in the
+# server's directory order: numbered titles read in the README's order whatever that order is.
+BASIC, MASKED, SAVE_THEN_LOAD, STEERING = EXPECTED = (
+    "1. Train and apply a character", "2. Train on a cut-out with a mask", "3. Save a context and load it later",
+    "4. Three references and steering")
+EVERY_INSTALL_HAS = "example.png"  # ComfyUI's own input/example.png
 LOADERS = {"UNETLoader": "diffusion_models", "CLIPLoader": "text_encoders", "VAELoader": "vae"}
 NOTES = {"Note", "MarkdownNote"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
@@ -44,21 +49,61 @@ def node_specs(pack, monkeypatch):
     return {name: node.INPUT_TYPES() for name, node in pack.NODE_CLASS_MAPPINGS.items()}
 
 
-def test_the_expected_workflows_exist():
-    assert EXPECTED <= {path.stem for path in PATHS}
+def test_the_titles_are_numbered_in_the_readmes_order():
+    assert [path.stem for path in PATHS] == list(EXPECTED)
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    positions = [readme.find(f"| {title} |") for title in EXPECTED]
+    assert -1 not in positions and positions == sorted(positions), "the README's table lists the templates in this order"
+    for other in ("README.md", "tests/README.md", "tools/run_example_workflows.py"):  # no old names left behind
+        text = (REPO / other).read_text(encoding="utf-8")
+        assert "anima_fasttrain_basic" not in text and "three_references_steering" not in text, other
 
 
 @pytest.mark.parametrize("path", PATHS, ids=lambda p: p.stem)
-def test_every_workflow_has_a_jpeg_thumbnail_of_its_graph(path):
+def test_every_workflow_has_a_fresh_square_card_thumbnail(path):
     picture = path.with_suffix(".jpg")
-    assert picture.is_file(), f"run: python tools/workflow_picture.py {path.relative_to(REPO)}"
-    assert picture.stat().st_size < 300_000
+    command = f'run: python tools/workflow_picture.py "{path.relative_to(REPO)}"'
+    assert picture.is_file(), command
+    assert picture.stat().st_size < 150_000
+    tool = _picture_tool()
     with Image.open(picture) as image:
-        assert image.format == "JPEG"
-        assert 512 <= max(image.size) <= 2048 and min(image.size) >= 256
-        # The picture's shape follows the graph's bounds: a moved node without a new picture shows here.
-        expected = _picture_tool().render(_load(path), longest_side=max(image.size), display_names={}).size
-        assert abs(image.size[0] - expected[0]) <= 1 and abs(image.size[1] - expected[1]) <= 1, "stale thumbnail"
+        assert image.format == "JPEG" and image.size == (tool.CARD_SIZE, tool.CARD_SIZE)  # one size, one aspect ratio
+        # what the card shows (its title and the steps read from the workflow) is fingerprinted in the JPEG comment
+        expected = tool.card_fingerprint(tool.card_title(path), tool.pipeline(_load(path)))
+        assert image.info.get("comment", b"").decode() == expected, f"stale thumbnail; {command}"
+
+
+def test_the_cards_show_each_pipeline():
+    tool = _picture_tool()
+    steps = {path.stem: [text for text, _ in tool.pipeline(_load(path))] for path in PATHS}
+    assert steps[BASIC] == ["1 reference picture", "Train Context Tokens", "Apply Context + KSampler"]
+    assert steps[MASKED][:2] == ["1 cut-out picture + its mask", "MaskTrain Context Tokens"]
+    assert [later for _, later in tool.pipeline(_load(WORKFLOWS / f"{SAVE_THEN_LOAD}.json"))] == [False] * 3 + [True] * 2
+    assert steps[STEERING][0] == "3 reference pictures" and "blocks 0-20" in steps[STEERING][-1]
+
+
+def test_a_card_is_readable_at_card_size(tmp_path):
+    tool = _picture_tool()
+    image = tool.card("1. Train and apply a character", [("1 reference picture", False), ("Train Context Tokens", False)])
+    assert image.size == (tool.CARD_SIZE, tool.CARD_SIZE)
+    # large light text on a dark card: at the browser's ~256 px the title's strokes are still several pixels of light
+    small = image.convert("L").resize((256, 256), Image.LANCZOS)
+    title_band = small.crop((40, 10, 250, 45))
+    assert sum(1 for value in title_band.tobytes() if value > 180) > 400
+    assert small.getpixel((5, 250)) < 60
+
+
+@pytest.mark.parametrize("path", PATHS, ids=lambda p: p.stem)
+def test_every_picture_input_opens_with_a_picture_every_install_has(path):
+    loaders = [node for node in _load(path)["nodes"] if node["type"] == "LoadImage"]
+    assert loaders and all(node["widgets_values"][0] == EVERY_INSTALL_HAS for node in loaders)
+
+
+@pytest.mark.parametrize("path", PATHS, ids=lambda p: p.stem)
+def test_the_info_preview_is_tall_enough_for_the_info_text(path):
+    # the info text is about eight lines, some of which wrap; the frontend's text box needs ~300 px for it
+    previews = [node for node in _load(path)["nodes"] if node["type"] == "PreviewAny" and node.get("title") == "Training info"]
+    assert previews and all(node["size"][1] >= 300 for node in previews)
 
 
 @pytest.mark.parametrize("path", PATHS, ids=lambda p: p.stem)
@@ -153,11 +198,11 @@ def test_the_packs_nodes_match_their_definitions(path, pack, node_specs):
 
 def test_each_example_shows_what_it_is_about(pack):
     types = {path.stem: [node["type"] for node in _load(path)["nodes"]] for path in PATHS}
-    basic, masked = types["anima_fasttrain_basic"], types["anima_fasttrain_masked"]
+    basic, masked = types[BASIC], types[MASKED]
     assert "AnimaFastTrainReferenceContext" in basic and "PreviewImage" in basic
     assert {"AnimaFastTrainMaskedReferenceContext", "InvertMask", "MarkdownNote", "PreviewImage"} <= set(masked)
-    assert {"AnimaFastTrainSaveContext", "AnimaFastTrainLoadContext"} <= set(types["anima_fasttrain_save_then_load"])
-    steering = _load(WORKFLOWS / "anima_fasttrain_three_references_steering.json")
+    assert {"AnimaFastTrainSaveContext", "AnimaFastTrainLoadContext"} <= set(types[SAVE_THEN_LOAD])
+    steering = _load(WORKFLOWS / f"{STEERING}.json")
     (train,) = [n for n in steering["nodes"] if n["type"] == "AnimaFastTrainReferenceContext"]
     assert all(entry["link"] is not None for entry in train["inputs"])  # all three references connected
     (apply,) = [n for n in steering["nodes"] if n["type"] == "AnimaFastTrainApplyContext"]
@@ -175,9 +220,9 @@ def test_every_train_node_shows_its_loss_plot():
                 assert by_id[target]["type"] == "PreviewImage", path.name
 
 
-def test_the_renderer_draws_the_graph(tmp_path):
+def test_the_graph_renderer_draws_the_graph(tmp_path):
     tool = _picture_tool()
-    source = WORKFLOWS / "anima_fasttrain_basic.json"
+    source = WORKFLOWS / f"{BASIC}.json"
     out = tool.write_picture(source, tmp_path / "basic.jpg", longest_side=640)
     with Image.open(out) as image:
         assert image.format == "JPEG" and max(image.size) == 640

@@ -31,7 +31,8 @@ def test_soft_edges_average_over_each_latent_pixel():
     (torch.ones(2, 48, 64), [(64, 48), (32, 32)], "size mismatch: mask 2 is 64x48 px but reference image 2 is 32x32"),
     (torch.zeros(1, 48, 64), [(64, 48)], "all zero (black)"),
     # Load Image's mask for a picture without alpha: all zero and 64x64, whatever the picture's size
-    (torch.zeros(1, 64, 64), [(768, 768)], "all zero (black): nothing would be learnt. White (1) marks the character"),
+    (torch.zeros(1, 64, 64), [(768, 768)], "all zero (black): nothing would be learnt (Load Image gives this for a picture "
+                                           "without transparency). White (1) marks the character"),
     (torch.ones(2, 48, 64), [(64, 48)] * 3, "2 masks for 3 reference images"),
     (torch.ones(1, 48, 64, 3), [(64, 48)], "looks like an IMAGE"),
     (torch.ones(1, 1, 48, 64, 1), [(64, 48)], "[batch, height, width]"),

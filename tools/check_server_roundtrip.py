@@ -1,4 +1,4 @@
-"""In a real ComfyUI server, with the harness's tiny Anima checkpoints:
+"""In a real ComfyUI server, with the pack's random-weight demo models (python -m anima_context demo-models DIR):
 
 1. one prompt trains a context, saves it (Save Context), applies it and samples a latent (Save Latent), saves the
    loss picture, and trains the MaskTrain node on Load Image's alpha through Invert Mask;
@@ -8,7 +8,7 @@
 It checks that both latents are identical, that the loss pictures came back as 640x400 images, and that the bad mask
 failed with the pack's message. Development only (CI has no ComfyUI):
 
-    python tools/check_server_roundtrip.py --comfyui-dir ../ComfyUI --python ../comfyvenv/bin/python
+    COMFYUI_PATH=path/to/ComfyUI python tools/check_server_roundtrip.py [--demo-models DIR]
 """
 
 from __future__ import annotations
@@ -18,11 +18,20 @@ import os
 import sys
 from pathlib import Path
 
-from run_example_workflows import HOST, PrivateServer, queue_and_wait, saved_context_name, test_picture, upload_png
+from run_example_workflows import (
+    DEFAULT_DEMO_DIR,
+    DEMO_MODELS,
+    HOST,
+    PrivateServer,
+    queue_and_wait,
+    saved_context_name,
+    test_picture,
+    upload_png,
+)
 
-MODELS = {"1": ("UNETLoader", {"unet_name": "tiny_anima_dit.safetensors", "weight_dtype": "default"}),
-          "2": ("CLIPLoader", {"clip_name": "tiny_anima_qwen3_06b.safetensors", "type": "stable_diffusion", "device": "default"}),
-          "3": ("VAELoader", {"vae_name": "tiny_anima_wan21_vae.safetensors"})}
+MODELS = {"1": ("UNETLoader", {"unet_name": DEMO_MODELS["UNETLoader"][2], "weight_dtype": "default"}),
+          "2": ("CLIPLoader", {"clip_name": DEMO_MODELS["CLIPLoader"][2], "type": "stable_diffusion", "device": "default"}),
+          "3": ("VAELoader", {"vae_name": DEMO_MODELS["VAELoader"][2]})}
 TRAIN = {"training_prompt": "a girl with pink hair", "seed": 3, "training_steps": 8, "learning_rate": 0.1,
          "training_image_size": 128, "num_tokens": 8, "init_std": 0.5, "training_dtype": "float32"}
 
@@ -57,7 +66,9 @@ def files_of(entry, kind):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--comfyui-dir", default=os.environ.get("COMFYUI_DIR"), required=not os.environ.get("COMFYUI_DIR"))
+    parser.add_argument("--comfyui", default=os.environ.get("COMFYUI_PATH"), required=not os.environ.get("COMFYUI_PATH"),
+                        help="the ComfyUI checkout (default: $COMFYUI_PATH)")
+    parser.add_argument("--demo-models", default=str(DEFAULT_DEMO_DIR), help="the demo model folder (default: demo/ in the repo)")
     parser.add_argument("--python", default=os.environ.get("COMFYUI_PYTHON", sys.executable))
     parser.add_argument("--port", type=int, default=8191)
     parser.add_argument("--work-dir")
@@ -67,7 +78,7 @@ def main(argv=None) -> int:
     from safetensors.torch import load_file
 
     base = f"http://{HOST}:{args.port}"
-    server = PrivateServer(args.comfyui_dir, args.python, args.port, args.work_dir, None)
+    server = PrivateServer(args.comfyui, args.python, args.port, args.work_dir, None, args.demo_models)
     failures = []
     try:
         server.start(base)
@@ -118,7 +129,7 @@ def main(argv=None) -> int:
         bad["40"] = node("AnimaFastTrainMaskedReferenceContext", model=["1", 0], clip=["2", 0], vae=["3", 0],
                          reference_image=["4", 0], training_mask=["4", 1], **TRAIN)
         bad["41"] = node("PreviewAny", source=["40", 1])
-        (Path(server.work) / "input" / "example.png").write_bytes((Path(args.comfyui_dir) / "input" / "example.png").read_bytes())
+        (Path(server.work) / "input" / "example.png").write_bytes((Path(args.comfyui) / "input" / "example.png").read_bytes())
         ok, message, _ = queue_and_wait(base, bad, 900)
         print(f"all-zero mask: {message[:400]}")
         if ok or "Invalid training mask" not in message or "all zero" not in message:

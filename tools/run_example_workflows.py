@@ -1,18 +1,19 @@
-"""Run every example workflow on a real ComfyUI server, shrunk to the harness's tiny Anima checkpoints.
+"""Run every example workflow on a real ComfyUI server, shrunk to the pack's random-weight demo models.
 
 Each ``example_workflows/*.json`` (UI format) becomes an API prompt the way the frontend builds one: links
 become inputs, ``widgets_values`` are matched to the widget inputs in the order of the server's
 ``/object_info`` (skipping the frontend's 'control after generate' value after a seed), notes and muted
-nodes are left out, bypassed nodes pass their input through. Then model files are swapped for the tiny
-ones, Load Image gets an uploaded RGBA test picture, sizes and steps shrink, and Apply Context's block
-selection is mapped from Anima's 28 blocks onto the tiny DiT's 10. A workflow with muted
+nodes are left out, bypassed nodes pass their input through. Then model files are swapped for the demo
+ones (``python -m anima_context demo-models DIR``), Load Image gets an uploaded RGBA test picture, sizes and steps shrink, and Apply Context's block
+selection is mapped from Anima's 28 blocks onto the demo DiT's 10. A workflow with muted
 nodes (save_then_load) runs twice: as it is (train and save), then with the muted part on and the rest
 off except what feeds it (load and sample), with Load Context set to the file the first run saved.
 
-    # against a running server (127.0.0.1 only) that has this pack in custom_nodes and the tiny models:
+    # against a running server (127.0.0.1 only) that has this pack in custom_nodes and the demo models:
     python tools/run_example_workflows.py --port 8190
-    # or start a private server (own input/output/temp/user/anima_contexts folders under --work-dir):
-    python tools/run_example_workflows.py --start --comfyui-dir ../ComfyUI --python ../comfyvenv/bin/python
+    # or start a private server (own input/output/temp/user/anima_contexts folders under --work-dir) on
+    # ComfyUI's Python, with the demo models of --demo-models DIR (default: demo/ in this folder):
+    COMFYUI_PATH=path/to/ComfyUI python tools/run_example_workflows.py --start
 
 Exit code 0 when every workflow succeeded. Development only: CI does not run it.
 """
@@ -30,17 +31,20 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
-TINY_MODELS = {
-    "UNETLoader": ("unet_name", "tiny_anima_dit.safetensors"),
-    "CLIPLoader": ("clip_name", "tiny_anima_qwen3_06b.safetensors"),
-    "VAELoader": ("vae_name", "tiny_anima_wan21_vae.safetensors"),
+# The files that anima_context/demo_models.py writes (DEMO_FILES; tests/test_cli.py checks they agree).
+DEMO_MODELS = {
+    "UNETLoader": ("unet_name", "diffusion_models", "anima_demo_dit.safetensors"),
+    "CLIPLoader": ("clip_name", "text_encoders", "anima_demo_qwen3_06b.safetensors"),
+    "VAELoader": ("vae_name", "vae", "anima_demo_vae.safetensors"),
 }
+DEFAULT_DEMO_DIR = REPO / "demo"
 TRAIN_NODES = {"AnimaFastTrainReferenceContext", "AnimaFastTrainMaskedReferenceContext"}
 SKIPPED_TYPES = {"Note", "MarkdownNote"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
@@ -172,7 +176,7 @@ def to_api_prompt(workflow, object_info):
 
 
 def scale_blocks(selection, blocks_from=28, blocks_to=10):
-    """A block selection for Anima's 28 blocks, mapped onto the tiny DiT's 10: '0-20' becomes '0-7'."""
+    """A block selection for Anima's 28 blocks, mapped onto the demo DiT's 10: '0-20' becomes '0-7'."""
     text = str(selection).strip()
     if text.lower() == "all" or not text:
         return text
@@ -189,8 +193,8 @@ def scale_blocks(selection, blocks_from=28, blocks_to=10):
 def shrink(prompt, image_name):
     for node in prompt.values():
         kind, inputs = node["class_type"], node["inputs"]
-        if kind in TINY_MODELS:
-            key, name = TINY_MODELS[kind]
+        if kind in DEMO_MODELS:
+            key, _, name = DEMO_MODELS[kind]
             inputs[key] = name
         elif kind == "LoadImage":
             inputs["image"] = image_name
@@ -256,7 +260,7 @@ def summarize(prompt, entry):
 def saved_context_name(entry):
     for output in (entry or {}).get("outputs", {}).values():
         for text in output.get("text", []) or []:
-            match = re.match(r"saved (\S+\.safetensors) in anima_contexts", str(text))
+            match = re.match(r"saved (\S+\.safetensors) in (?:models/)?anima_contexts", str(text))
             if match:
                 return match.group(1)
     return None
@@ -268,7 +272,7 @@ def check_templates(base, module, names):
     problems = [f"{name} not listed" for name in names if name not in listed]
     for name in names:
         for suffix, kind in ((".json", "json"), (".jpg", "image/jpeg")):
-            status, body, content_type = http(base, f"/api/workflow_templates/{module}/{name}{suffix}")
+            status, body, content_type = http(base, f"/api/workflow_templates/{module}/{urllib.parse.quote(name + suffix)}")
             if status != 200 or kind not in content_type:
                 problems.append(f"{name}{suffix}: HTTP {status} {content_type}")
     return problems
@@ -319,10 +323,12 @@ def run_all(base, paths, timeout, module=None):
 
 class PrivateServer:
     """ComfyUI on 127.0.0.1 with only this pack (linked from a private custom_nodes folder) and private
-    input/output/temp/user/anima_contexts folders; models come from the checkout's models folder."""
+    input/output/temp/user/anima_contexts folders; models come from the checkout's models folder and the
+    demo model folder."""
 
-    def __init__(self, comfyui_dir, python, port, work_dir, log_path):
+    def __init__(self, comfyui_dir, python, port, work_dir, log_path, demo_models=DEFAULT_DEMO_DIR):
         self.comfyui_dir, self.python, self.port = Path(comfyui_dir).resolve(), python, port
+        self.demo_models = Path(demo_models).resolve()
         self.work = Path(work_dir or tempfile.mkdtemp(prefix="anima_fasttrain_check_"))
         self.log_path = Path(log_path) if log_path else self.work / "server.log"
         self.process = None
@@ -336,8 +342,14 @@ class PrivateServer:
         if not link.is_symlink():
             link.symlink_to(REPO, target_is_directory=True)
         config = self.work / "extra_model_paths.yaml"
+        missing = [str(self.demo_models / sub / name) for _, sub, name in DEMO_MODELS.values()
+                   if not (self.demo_models / sub / name).is_file()]
+        if missing:
+            raise SystemExit(f"no demo models in {self.demo_models} ({', '.join(missing)} missing): write them with "
+                             f"python -m anima_context demo-models {self.demo_models}")
+        models = "".join(f"    {sub}: {self.demo_models / sub}\n" for _, sub, _ in DEMO_MODELS.values())
         config.write_text(f"anima_fasttrain_check:\n    custom_nodes: {self.work / 'custom_nodes'}\n"
-                          f"    anima_contexts: {self.work / 'anima_contexts'}\n")
+                          f"    anima_contexts: {self.work / 'anima_contexts'}\n" + models)
         command = [self.python, "main.py", "--cpu", "--listen", HOST, "--port", str(self.port),
                    "--extra-model-paths-config", str(config), "--disable-all-custom-nodes", "--whitelist-custom-nodes", PACK_LINK,
                    "--input-directory", str(self.work / "input"), "--output-directory", str(self.work / "output"),
@@ -375,7 +387,9 @@ def main(argv=None):
     parser.add_argument("--port", type=int, default=int(os.environ.get("COMFYUI_PORT", "8190")), help="server port on 127.0.0.1")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per prompt")
     parser.add_argument("--start", action="store_true", help="start a private server for the run and stop it after")
-    parser.add_argument("--comfyui-dir", default=os.environ.get("COMFYUI_DIR"), help="ComfyUI checkout (with --start)")
+    parser.add_argument("--comfyui", default=os.environ.get("COMFYUI_PATH"), help="ComfyUI checkout (with --start; default: $COMFYUI_PATH)")
+    parser.add_argument("--demo-models", default=str(DEFAULT_DEMO_DIR),
+                        help="the folder 'python -m anima_context demo-models DIR' wrote (with --start; default: demo/ here)")
     parser.add_argument("--python", default=os.environ.get("COMFYUI_PYTHON", sys.executable), help="interpreter for main.py (with --start)")
     parser.add_argument("--work-dir", help="folder for the private server's input/output/... (with --start; default: a temp folder)")
     parser.add_argument("--server-log", help="server log file (with --start)")
@@ -387,9 +401,9 @@ def main(argv=None):
     server = None
     try:
         if args.start:
-            if not args.comfyui_dir:
-                raise SystemExit("--start needs --comfyui-dir or COMFYUI_DIR")
-            server = PrivateServer(args.comfyui_dir, args.python, args.port, args.work_dir, args.server_log)
+            if not args.comfyui:
+                raise SystemExit("--start needs --comfyui or COMFYUI_PATH")
+            server = PrivateServer(args.comfyui, args.python, args.port, args.work_dir, args.server_log, args.demo_models)
             server.start(base)
         elif not server_up(base):
             raise SystemExit(f"no ComfyUI answers on {base}; start one or pass --start")

@@ -1,15 +1,20 @@
-"""Draw a ComfyUI workflow (UI-format JSON) as a picture of its graph: the thumbnail ComfyUI's template
-browser shows next to a custom node's ``example_workflows/<name>.json`` is ``<name>.jpg``.
+"""Template thumbnails for ComfyUI's template browser: next to a custom node's ``example_workflows/<name>.json``
+it shows ``<name>.jpg`` in a square frame about 250 px wide, under the title ``<name>``. A graph drawing is
+unreadable at that size, so each thumbnail is a card: the template's title in large type above the steps of
+its pipeline (read from the workflow's nodes), all cards the same size.
 
-    python tools/workflow_picture.py example_workflows/*.json        # writes example_workflows/<name>.jpg
+    python tools/workflow_picture.py example_workflows/*.json            # writes example_workflows/<name>.jpg
+    python tools/workflow_picture.py --graph --out-dir docs FILE.json    # a drawing of the whole graph instead
 
-Needs only Pillow. The pack's display names are read from nodes.py as text (no ComfyUI, no torch).
+Needs only Pillow. The pack's display names are read from nodes.py as text (no ComfyUI, no torch). Each card
+carries a fingerprint of what it shows in its JPEG comment, so a test can tell a stale card on any machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -341,7 +346,138 @@ def render(workflow: dict, longest_side: int = 1024, display_names: dict[str, st
     return c.image.resize(c.size_out, Image.LANCZOS)
 
 
+# --- cards ----------------------------------------------------------------------------------------------------
+
+CARD_SIZE = 512  # square: the template browser fits each thumbnail into a square frame
+CARD_VERSION = "card-1"  # part of the fingerprint: bump it when the drawing changes
+CARD_BACKGROUND, CARD_ACCENT, CARD_BOX, CARD_LATER = (30, 32, 38), (38, 198, 218), (54, 58, 68), (44, 46, 54)
+TRAIN_TYPES = {"AnimaFastTrainReferenceContext": "Train Context Tokens",
+               "AnimaFastTrainMaskedReferenceContext": "MaskTrain Context Tokens"}
+
+
+def _active(workflow, kind):
+    return [n for n in workflow.get("nodes", []) if n["type"] == kind and n.get("mode", 0) != 2]
+
+
+def _muted(workflow, kind):
+    return [n for n in workflow.get("nodes", []) if n["type"] == kind and n.get("mode", 0) == 2]
+
+
+def pipeline(workflow: dict) -> list[tuple[str, bool]]:
+    """The card's steps, read from the workflow: (text, whether it runs later, in a muted part)."""
+    steps = []
+    references = sum(1 for node in _active(workflow, "LoadImage"))
+    if references:
+        picture = "cut-out picture" if _active(workflow, "InvertMask") else "reference picture"
+        steps.append((f"{references} {picture}{'s' if references > 1 else ''}" + (" + its mask" if _active(workflow, "InvertMask") else ""),
+                      False))
+    for kind, name in TRAIN_TYPES.items():
+        if _active(workflow, kind):
+            steps.append((name, False))
+    if _active(workflow, "AnimaFastTrainSaveContext"):
+        steps.append(("Save Context to a file", False))
+    later = bool(_muted(workflow, "AnimaFastTrainLoadContext"))
+    if later or _active(workflow, "AnimaFastTrainLoadContext"):
+        steps.append(("Load Context" + (" (later)" if later else ""), later))
+    applies = _active(workflow, "AnimaFastTrainApplyContext") + _muted(workflow, "AnimaFastTrainApplyContext")
+    for node in applies:
+        strength, _, start, end, blocks = (node.get("widgets_values") or [1.0, "positive", 0.0, 1.0, "all"])[:5]
+        details = []
+        if (start, end) != (0.0, 1.0):
+            details.append(f"steps {start * 100:g}-{end * 100:g}%")
+        if blocks != "all":
+            details.append(f"blocks {blocks}")
+        sampler = " + KSampler" if not details else ""
+        steps.append(("Apply Context" + ("\n" + ", ".join(details) if details else sampler), node.get("mode", 0) == 2))
+    return steps
+
+
+def card_title(path: Path) -> str:
+    """The title the template browser shows: the file name without its extension."""
+    return Path(path).stem
+
+
+def card_fingerprint(title: str, steps: list[tuple[str, bool]]) -> str:
+    return CARD_VERSION + ":" + hashlib.sha256(json.dumps([title, steps]).encode()).hexdigest()[:16]
+
+
+def _wrap_to(draw, text, bold, width, sizes, max_lines):
+    """The largest of ``sizes`` at which ``text`` wraps into at most ``max_lines`` lines of ``width``."""
+    for size in sizes:
+        font = _font(size, bold=bold)
+        lines = _wrap(draw, text, font, width)
+        if len(lines) <= max_lines:
+            return font, lines
+    return font, lines[:max_lines]
+
+
+def card(title: str, steps: list[tuple[str, bool]], size: int = CARD_SIZE) -> Image.Image:
+    """A square card: a number badge and the title in large type, then the pipeline as boxes with arrows."""
+    scale = SUPERSAMPLE * size / CARD_SIZE
+    image = Image.new("RGB", (round(size * SUPERSAMPLE),) * 2, CARD_BACKGROUND)
+    draw = ImageDraw.Draw(image)
+
+    def u(value):
+        return value * scale
+
+    draw.rectangle([0, 0, image.width, u(8)], fill=CARD_ACCENT)
+    number, _, text = title.partition(". ")
+    if not (number.isdigit() and text):
+        number, text = "", title
+    left = u(28)
+    if number:
+        draw.ellipse([u(24), u(30), u(84), u(90)], fill=CARD_ACCENT)
+        draw.text((u(54), u(60)), number, font=_font(round(u(36)), bold=True), fill=CARD_BACKGROUND, anchor="mm")
+        left = u(100)
+    font, lines = _wrap_to(draw, text, True, image.width - left - u(24), [round(u(s)) for s in (38, 34, 30, 27)], 3)
+    top = u(28) if len(lines) > 1 else u(42)
+    for line in lines:
+        draw.text((left, top), line, font=font, fill=TEXT)
+        top += font.size * 1.18
+    draw.text((u(28), max(top, u(104)) + u(6)), "AnimaFastTrain", font=_font(round(u(19))), fill=CARD_ACCENT)
+    area_top, area_bottom = max(top, u(104)) + u(44), image.height - u(24)
+    count = max(1, len(steps))
+    gap = u(22)
+    height = min(u(64), (area_bottom - area_top - gap * (count - 1)) / count)
+    y = area_top + max(0.0, (area_bottom - area_top) - (height * count + gap * (count - 1))) / 2
+    for index, (label, later) in enumerate(steps):
+        box = [u(28), y, image.width - u(28), y + height]
+        pack_step = any(word in label for word in ("Context", "cut-out", "reference"))
+        draw.rounded_rectangle(box, radius=u(12), fill=CARD_LATER if later else CARD_BOX,
+                               outline=CARD_ACCENT if pack_step and not later else (90, 94, 104), width=max(1, round(u(2.5))))
+        sizes = [round(u(s)) for s in (27, 24)]
+        step_font, step_lines = _wrap_to(draw, label, True, box[2] - box[0] - u(28), sizes, 1)
+        if "\n" in label:  # a name and its settings, on two lines at a size at which both fit
+            step_lines = label.split("\n")
+            step_font = next((f for f in (_font(round(u(z)), bold=True) for z in (23, 21, 19, 17))
+                              if all(draw.textlength(line, font=f) <= box[2] - box[0] - u(28) for line in step_lines)), step_font)
+        elif len(_wrap(draw, label, step_font, box[2] - box[0] - u(28))) > 1 and height >= u(60):  # two lines fit
+            step_font, step_lines = _wrap_to(draw, label, True, box[2] - box[0] - u(28), [round(u(s)) for s in (24, 21)], 2)
+        elif len(_wrap(draw, label, step_font, box[2] - box[0] - u(28))) > 1:
+            step_font, step_lines = _wrap_to(draw, label, True, box[2] - box[0] - u(28), [round(u(s)) for s in (21, 18)], 1)
+        line_height = step_font.size * 1.15
+        centre = (box[1] + box[3]) / 2 - line_height * (len(step_lines) - 1) / 2
+        for number_of_line, line in enumerate(step_lines):
+            draw.text(((box[0] + box[2]) / 2, centre + number_of_line * line_height), line, font=step_font,
+                      fill=DIM_TEXT if later else TEXT, anchor="mm")
+        if index + 1 < len(steps):
+            cx, ay = image.width / 2, y + height
+            draw.polygon([(cx - u(10), ay + u(5)), (cx + u(10), ay + u(5)), (cx, ay + gap - u(4))], fill=(150, 154, 164))
+        y += height + gap
+    return image.resize((size, size), Image.LANCZOS)
+
+
+def write_card(json_path: Path, out_path: Path | None = None, quality: int = 90) -> Path:
+    workflow = json.loads(Path(json_path).read_text(encoding="utf-8"))
+    out_path = Path(out_path) if out_path else Path(json_path).with_suffix(".jpg")
+    title, steps = card_title(json_path), pipeline(workflow)
+    card(title, steps).save(out_path, "JPEG", quality=quality, optimize=True,
+                            comment=card_fingerprint(title, steps).encode())
+    return out_path
+
+
 def write_picture(json_path: Path, out_path: Path | None = None, longest_side: int = 1024, quality: int = 88) -> Path:
+    """A drawing of the whole graph (``--graph``)."""
     workflow = json.loads(Path(json_path).read_text(encoding="utf-8"))
     out_path = Path(out_path) if out_path else Path(json_path).with_suffix(".jpg")
     picture = render(workflow, longest_side)
@@ -355,14 +491,15 @@ def write_picture(json_path: Path, out_path: Path | None = None, longest_side: i
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("workflows", nargs="+", type=Path, help="UI-format workflow .json files")
-    parser.add_argument("--size", type=int, default=1024, help="longest side in pixels (default 1024)")
+    parser.add_argument("--graph", action="store_true", help="draw the whole graph instead of the template card")
+    parser.add_argument("--size", type=int, default=1024, help="with --graph: longest side in pixels (default 1024)")
     parser.add_argument("--quality", type=int, default=88, help="JPEG quality (default 88)")
     parser.add_argument("--out-dir", type=Path, help="write the pictures here instead of next to each .json")
-    parser.add_argument("--format", choices=["jpg", "png"], default="jpg")
+    parser.add_argument("--format", choices=["jpg", "png"], default="jpg", help="with --graph: the file format")
     args = parser.parse_args(argv)
     for path in args.workflows:
-        out = (args.out_dir / path.name if args.out_dir else path).with_suffix("." + args.format)
-        written = write_picture(path, out, args.size, args.quality)
+        out = (args.out_dir / path.name if args.out_dir else path).with_suffix("." + (args.format if args.graph else "jpg"))
+        written = write_picture(path, out, args.size, args.quality) if args.graph else write_card(path, out, args.quality)
         print(f"{written} ({written.stat().st_size // 1024} KB)")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from ..context import ReferenceContext
-from ..context_file import confined_path, load_context, save_context
+from ..context_file import confined_path, load_context, numbered_name, save_context
 from ..errors import InvalidSettingError
 
 CONTEXT_FOLDER = "anima_contexts"
@@ -38,7 +38,7 @@ def save_reference_context(context: ReferenceContext, filename_prefix: str, dest
     folder = folder_paths.get_output_directory() if destination == "output" else register_context_folder()
     counter = 1
     while True:
-        path = confined_path(folder, f"{filename_prefix}_{counter:05d}")
+        path = confined_path(folder, numbered_name(filename_prefix, counter))
         if not path.exists():
             break
         counter += 1

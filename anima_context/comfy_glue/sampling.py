@@ -11,7 +11,7 @@ import torch
 
 from ..context import ReferenceContext
 from ..errors import InvalidSettingError
-from ..patch import ContextTokenPatch, parse_block_selection
+from ..patch import ContextTokenPatch, block_weights, check_sampling_range
 from .architecture import anima_geometry
 from .training import VAE_DOWNSCALE
 
@@ -24,20 +24,15 @@ def apply_reference_context(model, context: ReferenceContext, strength: float, a
         raise InvalidSettingError(f"context must come from the Train Context Tokens node, got {type(context).__name__}.")
     num_blocks, width = anima_geometry(model)
     context.check_compatible(num_blocks, width)
-    if not 0.0 <= start_percent <= end_percent <= 1.0:
-        raise InvalidSettingError(f"start_percent ({start_percent}) must not be above end_percent ({end_percent}), both in 0..1.")
-    try:
-        block_weights = parse_block_selection(blocks, num_blocks)
-    except ValueError as error:
-        raise InvalidSettingError(f"blocks {blocks!r}: {error}. Use 'all', a range like 0-9, a list like 0,3,5-7, "
-                                  f"or {num_blocks} weights with decimal points.") from None
+    check_sampling_range(start_percent, end_percent)
+    weights = block_weights(blocks, num_blocks)
     sigma_range = None
     if (start_percent, end_percent) != (0.0, 1.0):
         sampling = model.get_model_object("model_sampling")
         sigma_range = (float(sampling.percent_to_sigma(start_percent)), float(sampling.percent_to_sigma(end_percent)))
     patched = model.clone()
     patched.set_model_attn2_patch(ContextTokenPatch(context.tokens, strength=strength, apply_to=apply_to,
-                                                    sigma_range=sigma_range, block_weights=block_weights))
+                                                    sigma_range=sigma_range, block_weights=weights))
     return patched
 
 
