@@ -14,6 +14,11 @@ MASK_HELP = ("White (1) marks the character, black (0) what to ignore. What work
              "background through Load Image and Invert Mask, the character painted over in Load Image's mask editor "
              "(no Invert Mask), or the plain Train Context Tokens node.")
 
+# Load Image's MASK for a picture without alpha: 64x64 zeros (all white after Invert Mask).
+LOAD_IMAGE_NO_ALPHA_SIZE = (64, 64)
+NO_ALPHA_HINT = (" A 64x64 mask is what Load Image gives a picture without transparency (all white after Invert Mask): "
+                 "use a cut-out PNG with a transparent background, or the plain Train Context Tokens node.")
+
 
 def validate_masks(mask, reference_count: int) -> list[torch.Tensor]:
     """A MASK input ([N, H, W] or [H, W]), or a list of them for references of different sizes, as a
@@ -58,6 +63,7 @@ def mask_loss_weights(mask, reference_sizes: list[tuple[int, int]], image_size: 
             raise InvalidTrainingMaskError(
                 f"size mismatch: {which} is {one.shape[1]}x{one.shape[0]} px but reference image {index + 1} is "
                 f"{width}x{height} px. Each mask must have the size of its reference (use the MASK of the same Load Image)."
+                + (NO_ALPHA_HINT if tuple(one.shape) == LOAD_IMAGE_NO_ALPHA_SIZE else "")
             )
         square = fit_to_square(one[None, :, :, None], image_size)[..., 0]
         latent = F.interpolate(square.unsqueeze(1), size=latent_size, mode="area")

@@ -33,6 +33,8 @@ def test_soft_edges_average_over_each_latent_pixel():
     # Load Image's mask for a picture without alpha: all zero and 64x64, whatever the picture's size
     (torch.zeros(1, 64, 64), [(768, 768)], "all zero (black): nothing would be learnt (Load Image gives this for a picture "
                                            "without transparency). White (1) marks the character"),
+    # ... and through Invert Mask: all white, still 64x64; the message says where such a mask comes from
+    (torch.ones(1, 64, 64), [(768, 768)], "64x64 mask is what Load Image gives a picture without transparency"),
     (torch.ones(2, 48, 64), [(64, 48)] * 3, "2 masks for 3 reference images"),
     (torch.ones(1, 48, 64, 3), [(64, 48)], "looks like an IMAGE"),
     (torch.ones(1, 1, 48, 64, 1), [(64, 48)], "[batch, height, width]"),
