@@ -130,23 +130,15 @@ def child_write(args) -> None:
     fp8 comfy_quant file (every 2-D weight of the blocks per-tensor scaled to float8_e4m3fn)."""
     start_comfy(["--cpu"])
     import torch
-    from comfy_anima import random_anima_state_dict
+    from comfy_anima import fp8_comfy_quant_state_dict, random_anima_state_dict
     from safetensors.torch import save_file
 
     state = random_anima_state_dict(args.width, seed=0)
     folder = Path(args.dir)
     save_file({k: v.to(torch.bfloat16).contiguous() for k, v in state.items()}, str(folder / "anima_bf16.safetensors"))
-    quant = {}
-    for name, tensor in state.items():
-        tensor = tensor.to(torch.bfloat16).float()  # the values the bf16 file holds
-        if name.startswith("blocks.") and name.endswith(".weight") and tensor.ndim == 2:
-            prefix = name[: -len("weight")]
-            scale = tensor.abs().amax().clamp(min=1e-12) / torch.finfo(torch.float8_e4m3fn).max
-            quant[name] = (tensor / scale).to(torch.float8_e4m3fn)
-            quant[prefix + "weight_scale"] = scale.reshape(())
-            quant[prefix + "comfy_quant"] = torch.tensor(list(json.dumps({"format": "float8_e4m3fn"}).encode()), dtype=torch.uint8)
-        else:
-            quant[name] = tensor.to(torch.bfloat16)
+    quant, _ = fp8_comfy_quant_state_dict({k: v.to(torch.bfloat16).float() for k, v in state.items()})
+    quant = {k: v if v.dtype in (torch.float8_e4m3fn, torch.uint8) or k.endswith("weight_scale") else v.to(torch.bfloat16)
+             for k, v in quant.items()}
     save_file({k: v.contiguous() for k, v in quant.items()}, str(folder / "anima_comfy_quant.safetensors"))
 
 

@@ -55,6 +55,17 @@ PACK_LINK = "AnimaFastTrain"
 
 # --- HTTP ---------------------------------------------------------------------------------------------------
 
+def stop_process(process: subprocess.Popen) -> None:
+    """Ask the server to exit (as ctrl-C does), then insist; only the process a script started."""
+    for sig, wait in ((signal.SIGINT, 20), (signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        process.send_signal(sig)
+        try:
+            process.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 def http(base, path, data=None, headers=None, timeout=60):
     request = urllib.request.Request(base + path, data=data, headers=headers or {}, method="POST" if data is not None else "GET")
     try:
@@ -371,13 +382,7 @@ class PrivateServer:
     def stop(self):
         if self.process is None or self.process.poll() is not None:
             return
-        for sig, wait in ((signal.SIGINT, 20), (signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-            self.process.send_signal(sig)  # only the process this script started
-            try:
-                self.process.wait(wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        stop_process(self.process)
         print(f"stopped ComfyUI pid {self.process.pid} (exit {self.process.returncode})", flush=True)
 
 
