@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from .context import ReferenceContext
-from .errors import InvalidContextFileError
+from .errors import InvalidContextFileError, shortened
 
 SUFFIX = ".safetensors"
 METADATA_KEY = "anima_fasttrain"
@@ -23,7 +23,7 @@ LIMITS = {"num_blocks": 128, "num_tokens": 1024, "width": 8192}
 def check_file_name(name: str, label: str = "the file name") -> str:
     """The rule for a context's file name, before any folder is known: not empty, no ``..``, not absolute."""
     if not name or "\x00" in name or os.path.isabs(name) or ".." in Path(name).parts or Path(name).drive:
-        raise InvalidContextFileError(f"{label} {_short(name)!r} is not allowed: use a plain name, without '..', "
+        raise InvalidContextFileError(f"{label} {shortened(name)!r} is not allowed: use a plain name, without '..', "
                                       "inside the contexts folder.")
     return name
 
@@ -44,7 +44,7 @@ def confined_path(folder: str | os.PathLike, name: str) -> Path:
     root = Path(folder).resolve()
     path = (root / (name if name.endswith(SUFFIX) else name + SUFFIX)).resolve()
     if os.path.commonpath([root, path]) != str(root):
-        raise InvalidContextFileError(f"the file name {_short(name)!r} points outside the contexts folder.")
+        raise InvalidContextFileError(f"the file name {shortened(name)!r} points outside the contexts folder.")
     return path
 
 
@@ -63,7 +63,7 @@ def load_context(path: str | os.PathLike) -> ReferenceContext:
     from safetensors import safe_open
 
     path = Path(path)
-    name = _short(path.name)
+    name = shortened(path.name)
     if not path.is_file():
         raise InvalidContextFileError(f"{name} does not exist.")
     size = path.stat().st_size
@@ -80,7 +80,7 @@ def load_context(path: str | os.PathLike) -> ReferenceContext:
     except InvalidContextFileError:
         raise
     except Exception as error:  # safetensors reports truncated or malformed files in several ways
-        raise InvalidContextFileError(f"{name} is not a readable .safetensors file ({_short(str(error), 120)}).") from None
+        raise InvalidContextFileError(f"{name} is not a readable .safetensors file ({shortened(str(error), 120)}).") from None
     return _validated(name, tokens, header)
 
 
@@ -90,7 +90,7 @@ def _validated(name: str, tokens: torch.Tensor, header: dict) -> ReferenceContex
     try:
         metadata = json.loads(header[METADATA_KEY])
     except json.JSONDecodeError as error:
-        raise InvalidContextFileError(f"{name} has unreadable metadata ({_short(str(error), 120)}).") from None
+        raise InvalidContextFileError(f"{name} has unreadable metadata ({shortened(str(error), 120)}).") from None
     if not isinstance(metadata, dict):
         raise InvalidContextFileError(f"{name} has metadata of the wrong kind.")
     if tokens.dtype not in (torch.float32, torch.float16, torch.bfloat16) or tokens.ndim != 3:
@@ -102,7 +102,7 @@ def _validated(name: str, tokens: torch.Tensor, header: dict) -> ReferenceContex
             raise InvalidContextFileError(f"{name}: {key} is {shape[key]}, outside 1..{limit}.")
     for key in ("num_blocks", "width"):
         if key in metadata and metadata[key] != shape[key]:
-            raise InvalidContextFileError(f"{name}: the metadata says {key} {_short(str(metadata[key]))} but the tokens have {shape[key]}.")
+            raise InvalidContextFileError(f"{name}: the metadata says {key} {shortened(str(metadata[key]))} but the tokens have {shape[key]}.")
     tokens = tokens.float()
     if not bool(torch.isfinite(tokens).all()):
         raise InvalidContextFileError(f"{name} holds NaN or infinite tokens.")
@@ -115,9 +115,5 @@ def _validated(name: str, tokens: torch.Tensor, header: dict) -> ReferenceContex
 def _tensor_names(keys: set[str]) -> str:
     """A few of a file's tensor names, never all: a model file holds hundreds."""
     names = sorted(keys)
-    shown = ", ".join(repr(_short(name)) for name in names[:3])
+    shown = ", ".join(repr(shortened(name)) for name in names[:3])
     return f"{len(names)} tensors ({shown}{', ...' if len(names) > 3 else ''})" if names else "no tensors"
-
-
-def _short(text: str, limit: int = 60) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from .errors import InvalidSettingError
+from .errors import InvalidSettingError, shortened
 
 # ComfyUI's labels for the chunks of a sampling batch (comfy/samplers.py: COND = 0, UNCOND = 1).
 COND, UNCOND = 0, 1
@@ -109,7 +109,7 @@ def parse_block_selection(text: str, num_blocks: int | None) -> list[float] | No
             try:
                 weights.append(float(part))
             except ValueError:
-                raise ValueError(f"{_short(part)!r} is not a number") from None
+                raise ValueError(f"{shortened(part, 40)!r} is not a number") from None
         if not all(math.isfinite(weight) for weight in weights):
             raise ValueError("block weights must be finite")
         if num_blocks is not None and len(weights) != num_blocks:
@@ -121,11 +121,11 @@ def parse_block_selection(text: str, num_blocks: int | None) -> list[float] | No
     for part in parts:
         first, dash, last = (piece.strip() for piece in part.partition("-"))
         if not first.isdigit() or (dash and not last.isdigit()):
-            raise ValueError(f"{_short(part)!r} is not a block number or range")
+            raise ValueError(f"{shortened(part, 40)!r} is not a block number or range")
         low, high = (int(number) if len(number) < 6 else limit for number in (first, last or first))
         if not 0 <= low <= high < limit:
             where = f"0..{limit - 1}" if num_blocks is not None else f"the blocks of any Anima (at most {limit})"
-            raise ValueError(f"block range {_short(part)!r} is outside {where}")
+            raise ValueError(f"block range {shortened(part, 40)!r} is outside {where}")
         chosen.update(range(low, high + 1))
     if num_blocks is None:
         return None
@@ -137,14 +137,10 @@ def block_weights(text: str, num_blocks: int | None) -> list[float] | None:
     try:
         return parse_block_selection(text, num_blocks)
     except ValueError as error:
-        raise InvalidSettingError(f"blocks {_short(text)!r}: {error}; {BLOCKS_HELP}.") from None
+        raise InvalidSettingError(f"blocks {shortened(text, 40)!r}: {error}; {BLOCKS_HELP}.") from None
 
 
 def check_sampling_range(start_percent: float, end_percent: float) -> None:
     """Apply Context's start/end percent: both in 0..1, start not after end."""
     if not 0.0 <= start_percent <= end_percent <= 1.0:
         raise InvalidSettingError(f"start_percent ({start_percent}) must not be above end_percent ({end_percent}), both in 0..1.")
-
-
-def _short(text: str, limit: int = 40) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
