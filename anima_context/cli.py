@@ -32,7 +32,7 @@ from .demo_models import demo_paths, write_demo_models
 from .errors import AnimaFastTrainError
 from .image_files import ImageFileError, load_image, load_mask, masks_for_references
 from .images import SIZE_MULTIPLE
-from .patch import APPLY_TO_CHOICES
+from .patch import APPLY_TO_CHOICES, check_sampling_range
 from .trainer import COMPUTE_DTYPES
 
 PACK_DIR = Path(os.path.abspath(__file__)).parents[1]
@@ -457,8 +457,7 @@ def run_sample(args) -> int:
 
     started = time.perf_counter()
     out = check_writable(with_suffix(args.out, ".png"), "--out")
-    if args.start_percent > args.end_percent:
-        raise CommandLineError(f"--start-percent {args.start_percent} is above --end-percent {args.end_percent}.")
+    check_sampling_range(args.start_percent, args.end_percent)  # Apply Context's rule, in option names
     context = load_context(args.context)  # a bad file fails before the models load
     model_names(args)
     meta = context.metadata

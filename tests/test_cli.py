@@ -260,6 +260,9 @@ def test_user_errors_exit_2_with_the_message_and_no_traceback(tmp_path, capsys):
     assert "is not a ComfyUI folder" in capsys.readouterr().err
     assert cli.main(["sample", "--context", str(tmp_path / "none.safetensors"), "--out", str(tmp_path / "x")]) == 2
     assert capsys.readouterr().err.startswith("Invalid context file")
+    assert cli.main(["sample", "--context", str(tmp_path / "none.safetensors"), "--start-percent", "0.8",
+                     "--end-percent", "0.2", "--out", str(tmp_path / "x")]) == 2  # Apply Context's rule, in option names
+    assert capsys.readouterr().err.startswith("Invalid setting: --start-percent (0.8) must not be above --end-percent (0.2)")
     assert not (tmp_path / "c.safetensors").exists()
 
 
