@@ -1,0 +1,309 @@
+"""Build the world: pictures, a VAE, a classifier and a trained small Anima, in one deterministic
+command that keeps what it has done (rerun it after an interruption and it goes on).
+
+    COMFYUI_PATH=... python -m bench.world.build --out bench/world/cache      # ~60 min on 2 CPU cores
+    COMFYUI_PATH=... python -m bench.world.build --out /tmp/w --scale smoke   # seconds (the tests run it)
+
+The folder is a ComfyUI model set plus the benchmark's extras:
+``diffusion_models/world_anima.safetensors`` (UNETLoader), ``text_encoders/anima_demo_qwen3_06b.safetensors``
+(CLIPLoader, stable_diffusion; the demo set's fixed random encoder), ``vae/world_vae.safetensors``
+(VAELoader), ``classifier.pt`` (``bench.world.classifier.load_classifier``), ``world.json`` (settings and
+checks) and ``samples.png`` (the model's own samples, one row per background).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import characters as world
+
+DIT_FILE = Path("diffusion_models") / "world_anima.safetensors"
+VAE_FILE = Path("vae") / "world_vae.safetensors"
+TEXT_ENCODER_FILE = Path("text_encoders") / "anima_demo_qwen3_06b.safetensors"
+EMPTY_PROMPT = ""  # the negative prompt of the benchmark and what prompt dropout trains
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    image_size: int = 64
+    dit_width: int = 384  # 16 heads (ComfyUI's detection): head_dim 24 leaves rope 4 pairs per image axis
+    vae_dim: int = 8
+    seeds_per_pair: int = 80  # training pictures per (training character, background)
+    classifier_seeds: int = 40  # classifier pictures per (character, background), all 30 characters
+    check_seeds: int = 4  # fresh pictures per (character, background) to check the classifier
+    vae_steps: int = 2500
+    vae_batch: int = 16
+    classifier_steps: int = 3000
+    dit_steps: int = 2200
+    dit_batch: int = 64
+    dit_lr: float = 5e-4
+    samples_per_background: int = 8  # the plain model's own samples in samples.png
+    sample_steps: int = 12
+    seed: int = 0
+    threads: int = 2
+
+
+# What each stage's product depends on: its own settings and the stages it reads.
+STAGE_SETTINGS = {
+    "render": ("image_size", "seeds_per_pair"),
+    "vae": ("vae_dim", "vae_steps", "vae_batch"),
+    "text encoder": (),
+    "dit": ("dit_width", "dit_steps", "dit_batch", "dit_lr"),
+    "classifier": ("classifier_seeds", "check_seeds", "classifier_steps"),
+    "samples": ("samples_per_background", "sample_steps"),
+}
+STAGE_NEEDS = {"render": (), "vae": ("render",), "text encoder": (), "dit": ("vae", "text encoder"),
+               "classifier": ("vae",), "samples": ("dit", "classifier")}
+
+SCALES = {
+    "full": WorldConfig(),
+    "smoke": WorldConfig(dit_width=256, vae_dim=8, seeds_per_pair=1, classifier_seeds=1, check_seeds=1, vae_steps=2,
+                         vae_batch=4, classifier_steps=2, dit_steps=3, dit_batch=4,
+                         samples_per_background=1, sample_steps=2),
+}
+
+
+def _render_one(job):
+    name, background, seed, size = job
+    return np.asarray(world.render(world.character_by_name(name), background, seed, size=size), dtype=np.uint8)
+
+
+def render_set(cast, seeds: range, size: int, workers: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pictures [N, S, S, 3] uint8 and labels [N, 6] (attributes, background) for every character
+    of ``cast`` on every background with every seed."""
+    jobs, labels = [], []
+    for character in cast:
+        for background in world.BACKGROUNDS:
+            for seed in seeds:
+                jobs.append((character.name, background, seed, size))
+                labels.append(list(world.attribute_vector(character)) + [world.background_id(background)])
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            pictures = list(pool.map(_render_one, jobs, chunksize=64))
+    else:
+        pictures = [_render_one(job) for job in jobs]
+    return torch.from_numpy(np.stack(pictures)), torch.tensor(labels)
+
+
+def to_image(pictures: torch.Tensor) -> torch.Tensor:
+    return pictures.float() / 255.0
+
+
+class Builder:
+    def __init__(self, out: Path, config: WorldConfig, log=print):
+        self.out, self.config, self.log = Path(out), config, log
+        self.data = self.out / "data"
+        self.data.mkdir(parents=True, exist_ok=True)
+        self.record = self._read_record()
+
+    # -- bookkeeping: every stage's product is a file, made again only when it is missing or when a
+    # setting it depends on (its own or an earlier stage's) has changed --
+
+    def _read_record(self) -> dict:
+        path = self.out / "world.json"
+        record = json.loads(path.read_text()) if path.is_file() else {}
+        record.setdefault("stage_settings", {})
+        return record
+
+    def _write_record(self) -> None:
+        self.record["config"] = asdict(self.config)
+        (self.out / "world.json").write_text(json.dumps(self.record, indent=1, sort_keys=True))
+
+    def stage_settings(self, name: str) -> dict:
+        """The settings a stage's product depends on, its earlier stages' included."""
+        fields = set(STAGE_SETTINGS[name]) | {"seed"}
+        for earlier in STAGE_NEEDS[name]:
+            fields |= set(self.stage_settings(earlier))
+        return {field: getattr(self.config, field) for field in sorted(fields)}
+
+    def settings_tag(self, name: str) -> str:
+        """A short name for a stage's settings, for its intermediate files (never resume another run)."""
+        return hashlib.sha256(json.dumps(self.stage_settings(name), sort_keys=True).encode()).hexdigest()[:10]
+
+    def _stage(self, name: str, path: Path, make):
+        wanted = self.stage_settings(name)
+        # a folder from before per-stage records: its one "config" stands for every stage
+        built = self.record["stage_settings"].get(name) or {k: self.record.get("config", {}).get(k) for k in wanted}
+        if path.is_file() and built == wanted:
+            return
+        if path.is_file():
+            self.log(f"[{name}] settings changed: made again")
+        started = time.perf_counter()
+        self.log(f"[{name}]")
+        make(path)
+        self.record["stage_settings"][name] = wanted
+        self.record.setdefault("seconds", {})[name] = round(time.perf_counter() - started, 1)
+        self._write_record()
+
+    # -- stages --
+
+    def build(self) -> Path:
+        c = self.config
+        torch.set_num_threads(c.threads)
+        self._stage("render", self.data / "train_pictures.pt", lambda p: torch.save(
+            render_set(world.TRAINING, range(c.seeds_per_pair), c.image_size, c.threads), p))
+        self._stage("vae", self.out / VAE_FILE, self._make_vae)
+        self._stage("text encoder", self.out / TEXT_ENCODER_FILE, self._make_text_encoder)
+        self._stage("dit", self.out / DIT_FILE, self._make_dit)
+        self._stage("classifier", self.out / "classifier.pt", self._make_classifier)
+        self._stage("samples", self.out / "samples.png", self._make_samples)
+        self.log(f"world ready in {self.out}: {json.dumps(self.record.get('checks', {}))}")
+        return self.out
+
+    def _vae(self):
+        from safetensors.torch import load_file
+
+        from .vae import vae_module
+
+        module = vae_module(self.config.vae_dim)
+        module.load_state_dict(load_file(self.out / VAE_FILE))
+        return module.eval().requires_grad_(False)
+
+    def _make_vae(self, path: Path) -> None:
+        from safetensors.torch import save_file
+
+        from . import vae
+
+        c = self.config
+        module = vae.random_vae(c.vae_dim, c.seed + 2)
+        pictures, labels = torch.load(self.data / "train_pictures.pt")
+        images = to_image(pictures)
+        raw = vae.fold_normalisation(module, vae.encode(module, images))
+        self._save_training_latents(raw, labels)
+        losses = vae.train_decoder(module, raw, images, c.vae_steps, c.vae_batch, 2e-3, c.seed, self.log)
+        self.record.setdefault("checks", {})["vae_decoder_loss"] = round(sum(losses[-50:]) / len(losses[-50:]), 4)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(path))
+
+    def _save_training_latents(self, raw: torch.Tensor, labels: torch.Tensor) -> None:
+        """The training pictures' latents, written with the VAE that made them."""
+        from . import vae
+
+        fmt = vae.latent_format()
+        dit_space = fmt.process_in(raw)
+        self.record.setdefault("checks", {})["latent_std_per_channel"] = [round(float(s), 3) for s in dit_space.std(dim=(0, 2, 3, 4))]
+        torch.save((raw, labels), self.data / "train_latents.pt")
+
+    def _make_classifier(self, path: Path) -> None:
+        from . import classifier, vae
+
+        c = self.config
+        module = self._vae()
+        pictures, labels = render_set(world.CHARACTERS, range(c.seeds_per_pair, c.seeds_per_pair + c.classifier_seeds),
+                                      c.image_size, c.threads)
+        raw = vae.encode(module, to_image(pictures))
+        seen, seen_labels = torch.load(self.data / "train_latents.pt")  # the training characters' pictures too
+        model = classifier.train_classifier(torch.cat([raw, seen]), torch.cat([labels, seen_labels]), c.classifier_steps,
+                                            c.seed, self.log)
+        fresh = range(world.FRESH_SEEDS + 900_000, world.FRESH_SEEDS + 900_000 + c.check_seeds)
+        pictures, labels = render_set(world.CHARACTERS, fresh, c.image_size, c.threads)
+        checked = classifier.accuracy(model, vae.encode(module, to_image(pictures)), labels)
+        self.log("  classifier on fresh pictures: " + ", ".join(f"{k} {v:.3f}" for k, v in checked.items()))
+        self.record.setdefault("checks", {})["classifier_fresh"] = {k: round(v, 4) for k, v in checked.items()}
+        classifier.save_classifier(model, self.out, checked)
+
+    def _make_text_encoder(self, path: Path) -> None:
+        """The demo set's Qwen3 file, byte for byte (``python -m anima_context demo-models``)."""
+        from safetensors.torch import save_file
+
+        from anima_context.comfy_glue import demo_weights
+        from anima_context.demo_models import DEMO_FILES, random_weights
+
+        demo = Path(__file__).resolve().parents[2] / "demo" / DEMO_FILES["clip"][0] / DEMO_FILES["clip"][1]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if demo.is_file():
+            os.link(demo, path) if demo.stat().st_dev == path.parent.stat().st_dev else path.write_bytes(demo.read_bytes())
+            return
+        state = random_weights(demo_weights.text_encoder_shapes(), 1, torch.bfloat16, small_init=True)
+        note = json.dumps({"generator": "AnimaFastTrain demo-models", "random_weights": True, "seed": 1}, sort_keys=True)
+        save_file(state, str(path), metadata={"anima_fasttrain_demo": note})
+
+    def prompt_contexts(self, diffusion_model) -> list[torch.Tensor]:
+        """The padded [1, 512, 1024] context of each background's prompt, then of the empty prompt, as
+        the sampler builds it (CLIPTextEncode, then the DiT's LLM adapter)."""
+        cached = self.data / f"prompt_contexts_{self.settings_tag('dit')}.pt"  # the adapter's weights depend on them
+        if cached.is_file():
+            return torch.load(cached)
+        from anima_context.comfy_glue.loading import load_text_encoder
+        from anima_context.comfy_glue.training import encode_prompt
+
+        clip = load_text_encoder(str(self.out / TEXT_ENCODER_FILE), [])
+        prompts = [world.prompt_for(b) for b in world.BACKGROUNDS] + [EMPTY_PROMPT]
+        with torch.no_grad():
+            contexts = [encode_prompt(clip, p, diffusion_model, torch.device("cpu"), torch.float32).float() for p in prompts]
+        del clip
+        torch.save(contexts, cached)
+        return contexts
+
+    def _make_dit(self, path: Path) -> None:
+        from safetensors.torch import save_file
+
+        from . import dit, vae
+
+        c = self.config
+        model = dit.build_model(dit.init_state(c.dit_width, c.seed))
+        padded = self.prompt_contexts(model.diffusion_model)
+        raw, labels = torch.load(self.data / "train_latents.pt")
+        latents = vae.latent_format().process_in(raw)
+        image_tokens = (c.image_size // 16) ** 2
+        contexts = dit.CompactContexts(padded, image_tokens)
+        self.log(f"  {len(latents)} latents, prompt rows kept {contexts.rows} of {dit.PADDED_ROWS}")
+        from anima_context.comfy_glue.training import _training_mode
+
+        with _training_mode():  # the pack's differentiable rope kernel and ComfyUI's training flag
+            state = dit.train(model, latents, labels[:, 5], contexts, len(world.BACKGROUNDS), c.dit_steps, c.dit_batch,
+                              c.dit_lr, c.seed, self.data / f"dit_training_{self.settings_tag('dit')}.pt", self.log)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.float().contiguous() for k, v in state.items()}, str(path))
+
+    def _make_samples(self, path: Path) -> None:
+        """Eight samples per background from the plain model (the sampler the benchmark uses), decoded,
+        and how often the classifier reads the prompted background: the ceiling for the benchmark."""
+        from . import classifier, sampling, vae
+
+        c = self.config
+        count = c.samples_per_background
+        samples = sampling.sample_plain(self.out, [world.prompt_for(b) for b in world.BACKGROUNDS], count, c.seed, c.sample_steps)
+        read = classifier.load_classifier(self.out).classify(samples)
+        wanted = torch.arange(len(world.BACKGROUNDS)).repeat_interleave(count)
+        self.record.setdefault("checks", {})["plain_background_accuracy"] = round(float((read["background"] == wanted).float().mean()), 3)
+        pixels = vae.decode(self._vae(), samples)
+        sampling.save_grid(pixels, rows=len(world.BACKGROUNDS), path=path, scale=2)
+
+
+def setup_comfyui_on_cpu():
+    """ComfyUI from COMFYUI_PATH, set up as the pack's command line does, on the CPU."""
+    from types import SimpleNamespace
+
+    from anima_context.cli import setup_comfyui
+
+    return setup_comfyui(SimpleNamespace(comfyui=None, models_dir=None, cpu=True))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="bench/world/cache", help="the world's folder (kept between runs)")
+    parser.add_argument("--scale", choices=sorted(SCALES), default="full")
+    parser.add_argument("--dit-steps", type=int, help="override the DiT's training steps")
+    args = parser.parse_args(argv)
+    setup_comfyui_on_cpu()
+    config = SCALES[args.scale]
+    if args.dit_steps:
+        config = replace(config, dit_steps=args.dit_steps)
+    Builder(Path(args.out), config).build()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

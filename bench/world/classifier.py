@@ -1,0 +1,107 @@
+"""Reads a world latent: each of the five attributes and the background.
+
+It works on raw VAE latents [B, 16, 1, h, w] (what ``VAE.encode`` and ComfyUI's sampler return), so
+the benchmark judges the model's own output, not a decoder's rendering of it. It is trained on
+encodings of all 30 characters' pictures with seeds below ``FRESH_SEEDS`` (noise added, as samples are
+never exactly clean) and checked on fresh ones. A sample *is* a character when all five attributes
+read as that character's.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .characters import ATTRIBUTES, BACKGROUNDS
+
+CLASSIFIER_FILE = "classifier.pt"
+HEAD_SIZES = [len(values) for values in ATTRIBUTES.values()] + [len(BACKGROUNDS)]
+
+
+class LatentClassifier(nn.Module):
+    def __init__(self, latent_side: int, channels: int = 16, width: int = 96):
+        super().__init__()
+        self.latent_side = latent_side
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, width, 3, padding=1), nn.GELU(),
+            nn.Conv2d(width, width, 3, padding=1), nn.GELU(),
+            nn.Conv2d(width, width, 3, padding=1, stride=2), nn.GELU(),
+            nn.Flatten(), nn.Dropout(0.2), nn.Linear(width * ((latent_side + 1) // 2) ** 2, 256), nn.GELU(), nn.Dropout(0.2),
+        )
+        self.heads = nn.Linear(256, sum(HEAD_SIZES))
+        self.register_buffer("mean", torch.zeros(channels))
+        self.register_buffer("std", torch.ones(channels))
+
+    def forward(self, raw_latents: torch.Tensor) -> list[torch.Tensor]:
+        x = raw_latents[:, :, 0] if raw_latents.ndim == 5 else raw_latents
+        x = (x - self.mean.view(1, -1, 1, 1)) / self.std.view(1, -1, 1, 1)
+        return list(self.heads(self.body(x)).split(HEAD_SIZES, dim=1))
+
+    @torch.no_grad()
+    def classify(self, raw_latents: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{"attributes": [B, 5] value indices in ``ATTRIBUTES`` order, "background": [B]}."""
+        self.eval()
+        logits = self(raw_latents.float())
+        predictions = [part.argmax(dim=1) for part in logits]
+        return {"attributes": torch.stack(predictions[:-1], dim=1), "background": predictions[-1]}
+
+
+def train_classifier(latents: torch.Tensor, targets: torch.Tensor, steps: int, seed: int, log=print,
+                     batch: int = 128, lr: float = 2e-3, noise: float = 0.3) -> LatentClassifier:
+    """``targets`` [N, 6]: the five attribute indices and the background index."""
+    torch.manual_seed(seed)
+    model = LatentClassifier(latents.shape[-1])
+    model.train()
+    flat = latents[:, :, 0]
+    model.mean.copy_(flat.mean(dim=(0, 2, 3)))
+    model.std.copy_(flat.std(dim=(0, 2, 3)).clamp_min(1e-6))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(steps, 1), pct_start=0.1)
+    generator = torch.Generator().manual_seed(seed)
+    started = time.perf_counter()
+    for step in range(steps):
+        index = torch.randint(0, len(flat), (batch,), generator=generator)
+        x = flat[index]
+        # mirrored pictures keep their labels (one-sided styles and bows are drawn either way round)
+        x = torch.where(torch.rand(batch, 1, 1, 1, generator=generator) < 0.5, x.flip(-1), x)
+        # noise in the DiT's normalised units, scaled back to raw latents: samples are a little off
+        level = torch.rand(batch, 1, 1, 1, generator=generator) * noise
+        x = x + level * model.std.view(1, -1, 1, 1) * torch.randn(x.shape, generator=generator)
+        loss = sum(nn.functional.cross_entropy(part, targets[index, i]) for i, part in enumerate(model(x)))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if (step + 1) % max(1, steps // 5) == 0:
+            log(f"  classifier step {step + 1}/{steps}: loss {float(loss):.4f} ({time.perf_counter() - started:.0f} s)")
+    return model.eval()
+
+
+def accuracy(model: LatentClassifier, latents: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+    """Per head, all five attributes at once (identity) and the background, on fresh pictures."""
+    out = model.classify(latents)
+    hits = torch.cat([out["attributes"], out["background"][:, None]], dim=1) == targets
+    names = list(ATTRIBUTES) + ["background"]
+    result = {name: float(hits[:, i].float().mean()) for i, name in enumerate(names)}
+    result["identity"] = float(hits[:, :5].all(dim=1).float().mean())
+    return result
+
+
+def save_classifier(model: LatentClassifier, world: Path, checked: dict) -> None:
+    torch.save({"state": model.state_dict(), "latent_side": model.latent_side, "fresh_accuracy": checked},
+               Path(world) / CLASSIFIER_FILE)
+
+
+def load_classifier(world: str | Path) -> LatentClassifier:
+    saved = torch.load(Path(world) / CLASSIFIER_FILE, map_location="cpu", weights_only=True)
+    model = LatentClassifier(saved["latent_side"])
+    model.load_state_dict(saved["state"])
+    return model.eval()
+
+
+def fresh_accuracy(world: str | Path) -> dict:
+    return json.loads((Path(world) / "world.json").read_text()).get("classifier_fresh_accuracy", {})

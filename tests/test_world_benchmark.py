@@ -1,0 +1,67 @@
+"""The identity benchmark's mechanics (bench/world/benchmark.py): the real train and apply nodes and
+ComfyUI's sampler on a stand-in world made of the demo models, judged by a random stand-in classifier, so
+the figures mean nothing; the table, the RESULT/SUMMARY lines, results.json and grid.png must come out.
+Needs COMFYUI_PATH and the demo models (``python -m anima_context demo-models demo``, or ANIMA_DEMO_MODELS)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+from PIL import Image
+
+from bench.world import grid
+from bench.world.benchmark import GRID_SAMPLES, WORLD_FILES, correlations, main, spearman
+
+DEMO_FILES = {"unet": "diffusion_models/anima_demo_dit.safetensors", "clip": "text_encoders/anima_demo_qwen3_06b.safetensors",
+              "vae": "vae/anima_demo_vae.safetensors"}
+
+
+def test_rank_correlation_handles_ties_and_constants():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 2, 3], [3, 2, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 2, 3], [0.5, 0.5, 0.5]) is None  # identity constant: no correlation to report
+    assert correlations([{"lift": 0.1, "identity": 0.0}])["lift_identity_spearman"] is None
+
+
+@pytest.fixture(scope="module")
+def standin_world(comfyui, tmp_path_factory):
+    demo = Path(os.environ.get("ANIMA_DEMO_MODELS", REPO / "demo"))
+    missing = [str(demo / rel) for rel in DEMO_FILES.values() if not (demo / rel).is_file()]
+    if missing:
+        pytest.skip(f"the demo models are missing ({', '.join(missing)}): write them with "
+                    "`python -m anima_context demo-models demo` or set ANIMA_DEMO_MODELS to such a folder")
+    world = tmp_path_factory.mktemp("standin_world")
+    for key, rel in WORLD_FILES.items():
+        (world / rel).parent.mkdir(parents=True, exist_ok=True)
+        (world / rel).symlink_to(demo / DEMO_FILES[key])
+    (world / "world.json").write_text(json.dumps({"image_size": 64}))
+    return world
+
+
+def test_quick_benchmark_prints_the_table_and_writes_the_grid(standin_world, tmp_path):
+    lines = []
+    out = tmp_path / "out"
+    results = main(["--world", str(standin_world), "--out", str(out), "--quick", "--steps", "2", "--sample-steps", "2",
+                    "--seeds", "2", "--threads", "1", "--classifier-standin", "--label", "smoke"], say=lines.append)
+    text = "\n".join(lines)
+    rows = [json.loads(line[len("RESULT "):]) for line in lines if line.startswith("RESULT ")]
+    sums = [json.loads(line[len("SUMMARY "):]) for line in lines if line.startswith("SUMMARY ")]
+    assert [(r["character"], r["n_refs"]) for r in rows] == [("h00", 1), ("h00", 3), ("h01", 1), ("h01", 3)]
+    for r in rows:
+        assert r["reference_background"] != r["target_background"]
+        assert all(0.0 <= r[k] <= 1.0 for k in ("identity", "attributes", "background", "leak", "plain_identity"))
+        assert r["train_seconds"] > 0 and isinstance(r["lift"], float)
+    assert [(s["split"], s["n_refs"], s["characters"], s["label"]) for s in sums] == [("held_out", 1, 2, "smoke"), ("held_out", 3, 2, "smoke")]
+    assert all("lift_identity_spearman" in s and "lift_identity_pearson" in s for s in sums)
+    assert "ident%" in text and "mean held_out" in text and "lift vs identity" in text
+    saved = json.loads((out / "results.json").read_text())
+    assert len(saved["rows"]) == 4 and saved["settings"]["seeds"] == 2 and results["summaries"] == sums
+    picture = Image.open(out / "grid.png")
+    side = 64 * grid.SCALE
+    shown = min(GRID_SAMPLES, 2)
+    assert picture.size == (grid.LABEL_WIDTH + (grid.REF_SLOTS + 2 * shown) * side + 3 * grid.GAP,
+                            grid.HEADER + 4 * (side + grid.CAPTION + 4))  # rows: h00, h01 x refs 1, 3

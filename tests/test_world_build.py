@@ -1,0 +1,89 @@
+"""The world builder (bench/world/build.py) on ComfyUI's real classes: the compact prompt context it
+trains with is the padded model's attention exactly, the VAE normalisation does what it says, and a
+few-step smoke build produces a folder ComfyUI's loaders and the classifier read."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from comfy_anima import FakeAnimaClip
+
+from bench.world import characters as world
+
+
+@pytest.fixture(scope="module")
+def comfy(comfyui):
+    return comfyui
+
+
+def _random_anima(width: int = 256):
+    """ComfyUI's Anima with random weights everywhere (no identity blocks: cross-attention counts)."""
+    from anima_context.comfy_glue import demo_weights
+    from anima_context.demo_models import random_weights
+    from bench.world import dit
+
+    return dit.build_model(random_weights(demo_weights.dit_shapes(width), 3, torch.float32, small_init=False))
+
+
+def test_compact_context_reproduces_the_padded_model(comfy):
+    from bench.world import dit
+
+    model = _random_anima()
+    net = model.diffusion_model
+    clip = FakeAnimaClip()
+    padded = []
+    for prompt in ("a short prompt", "a somewhat longer prompt with more words in it", ""):
+        cond, extras = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))[0]
+        with torch.no_grad():
+            padded.append(net.preprocess_text_embeds(cond, extras["t5xxl_ids"].unsqueeze(0)))
+    assert all(p.shape[1] == dit.PADDED_ROWS for p in padded)
+    contexts = dit.CompactContexts(padded, image_tokens=16)
+    assert contexts.rows < 64
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 16, 1, 8, 8, generator=generator)
+    sigma = torch.tensor([0.2, 0.6, 0.95])
+    with torch.no_grad():
+        full = dit.velocity(net, x, sigma, torch.cat(padded), {})
+        compact = dit.velocity(net, x, sigma, contexts.contexts, {"optimized_attention_override": contexts.attention_override()})
+        without_offset = dit.velocity(net, x, sigma, contexts.contexts, {})
+        # ComfyUI's own path for a sampler: denoised = x - sigma * v
+        denoised = model.apply_model(x, sigma, c_crossattn=torch.cat(padded))
+    assert torch.allclose(compact, full, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(without_offset, full, atol=1e-3)  # the offset is what makes it exact
+    assert torch.allclose(denoised, x - sigma.view(-1, 1, 1, 1, 1) * full, atol=1e-4)
+
+
+def test_vae_normalisation_gives_unit_latents(comfy):
+    from bench.world import vae
+
+    module = vae.random_vae(8, seed=2)
+    pictures = torch.stack([torch.from_numpy(__import__("numpy").array(
+        world.render(c, b, seed=s, size=64))) for c in world.TRAINING[:4] for b in world.BACKGROUNDS[:3] for s in range(2)])
+    images = pictures.float() / 255.0
+    before = vae.latent_format().process_in(vae.encode(module, images))
+    assert before.std(dim=(0, 2, 3, 4)).max() < 0.5  # a random encoder's latents barely vary
+    vae.fold_normalisation(module, vae.encode(module, images))
+    after = vae.latent_format().process_in(vae.encode(module, images))
+    assert torch.allclose(after.mean(dim=(0, 2, 3, 4)), torch.zeros(16), atol=1e-3)
+    assert torch.allclose(after.std(dim=(0, 2, 3, 4)), torch.ones(16), atol=1e-3)
+
+
+def test_smoke_build_loads_in_comfyui(comfy, tmp_path):
+    from bench.world import build, sampling
+    from bench.world.classifier import load_classifier
+
+    out = build.Builder(tmp_path / "world", build.SCALES["smoke"], log=lambda _: None).build()
+    record = json.loads((out / "world.json").read_text())
+    assert set(record["checks"]) >= {"vae_decoder_loss", "classifier_fresh", "plain_background_accuracy"}
+    assert (out / "samples.png").is_file()
+    model, clip, vae = sampling.load_world(out)
+    latents = vae.encode(torch.rand(1, 64, 64, 3))
+    assert latents.shape == (1, 16, 1, 8, 8)
+    read = load_classifier(out).classify(latents)
+    assert read["attributes"].shape == (1, 5) and read["background"].shape == (1,)
+    # a second run finds every stage done and changes nothing
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    build.Builder(out, build.SCALES["smoke"], log=lambda _: None).build()
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
