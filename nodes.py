@@ -53,8 +53,8 @@ class AnimaFastTrainReferenceContext:
     RETURN_NAMES = ("AnimaReferenceContext", "info", "loss_plot")
     OUTPUT_TOOLTIPS = (
         "The trained per-block tokens and their metadata, for the Apply Context node.",
-        "Steps, learning rate, loss, identity lift, token norms, references and time taken.",
-        "A picture of the training loss and the identity lift over the steps (connect a Preview Image).",
+        "Steps, learning rate, loss, reference fit, token norms, references and time taken.",
+        "A picture of the training loss and the reference fit over the steps (connect a Preview Image).",
     )
 
     @classmethod
@@ -109,16 +109,14 @@ class AnimaFastTrainReferenceContext:
 
     def train(self, model, clip, vae, reference_image, training_prompt, seed, training_steps, learning_rate,
               training_image_size, num_tokens, init_std, training_dtype, reference_image_2=None, reference_image_3=None,
-              training_mask=None, unique_id=None, activation_checkpointing="auto", flip_references=False, loss_focus=0.0,
-              probe_draws=0):
+              training_mask=None, unique_id=None, activation_checkpointing="auto", probe_draws=0):
         images = {"reference_image": reference_image, "reference_image_2": reference_image_2,
                   "reference_image_3": reference_image_3}
         return _glue().train_reference_context(
             model, clip, vae, images, training_prompt, seed=seed, steps=training_steps,
             learning_rate=learning_rate, image_size=training_image_size, num_tokens=num_tokens,
             init_std=init_std, dtype_name=training_dtype, masks=training_mask, node_id=unique_id,
-            activation_checkpointing=activation_checkpointing, flip_references=flip_references, loss_focus=loss_focus,
-            probe_draws=probe_draws,
+            activation_checkpointing=activation_checkpointing, probe_draws=probe_draws,
         )
 
 

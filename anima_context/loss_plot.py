@@ -1,4 +1,4 @@
-"""The train nodes' picture: the loss curve and the identity lift over the steps, drawn with Pillow."""
+"""The train nodes' picture: the loss curve and the reference fit over the steps, drawn with Pillow."""
 
 from __future__ import annotations
 
@@ -124,7 +124,7 @@ class _Panel:
 
 def draw_training_plot(loss_curve: list[float], lift_curve: list[tuple[int, float]], title: str,
                        text_boxes: list | None = None) -> Image.Image:
-    """Loss per step (raw and averaged) above the held-out identity lift in % at its measured steps.
+    """Loss per step (raw and averaged) above the held-out reference fit in % at its measured steps.
     ``text_boxes``, when given, receives (text, box) for every label drawn."""
     image = Image.new("RGB", (WIDTH, HEIGHT), BACKGROUND)
     canvas = _Canvas(image)
@@ -140,7 +140,7 @@ def draw_training_plot(loss_curve: list[float], lift_curve: list[tuple[int, floa
     loss_panel.legend([("per step", RAW_LOSS, 1), (f"{window}-step average", SMOOTH_LOSS, 3)])
     lifts = [100.0 * lift for _, lift in lift_curve] or [0.0]
     lift_panel = _Panel(canvas, (MARGIN_LEFT, 222, right, 344), steps, (min(0.0, *lifts), max(0.0, *lifts)),
-                        "identity lift on held-out draws", unit="%")
+                        "reference fit on held-out draws", unit="%")
     zero = lift_panel.y(0.0)
     canvas.draw.line([(MARGIN_LEFT, zero), (right, zero)], fill=AXIS)
     lift_panel.line([(step, 100.0 * lift) for step, lift in lift_curve], LIFT, width=3, dots=True)
@@ -159,5 +159,5 @@ def training_plot_image(metadata: dict) -> torch.Tensor:
     """The picture for a trained context's metadata, as an IMAGE."""
     lift_curve = [tuple(point) for point in metadata.get("lift_curve") or [(metadata["steps"], metadata["lift"])]]
     title = (f"{metadata['steps']} steps, lr {metadata['learning_rate']:g}: final loss {metadata['final_loss']:.4f}, "
-             f"identity lift {metadata['lift'] * 100:.1f}%")
+             f"reference fit {metadata['lift'] * 100:.1f}%")
     return to_image_tensor(draw_training_plot(metadata["loss_curve"], lift_curve, title))

@@ -21,7 +21,7 @@ def format_info(context: ReferenceContext, initial_tokens: torch.Tensor, timings
         f"AnimaFastTrain: {meta['steps']} steps at learning rate {meta['learning_rate']:g} "
         f"({meta['dtype']}, {meta['image_size']} px, seed {meta['seed']})",
         f"loss: first {curve[0]:.4f}, final {curve[-1]:.4f}",
-        f"identity lift: {meta['lift'] * 100:.1f}% (held-out loss {meta['heldout_loss_without']:.4f} without the "
+        f"reference fit: {meta['lift'] * 100:.1f}% (held-out loss {meta['heldout_loss_without']:.4f} without the "
         f"context, {meta['heldout_loss_with']:.4f} with it)",
         f"tokens: {context.num_blocks} blocks x {context.num_tokens} x {context.width}, mean norm "
         f"{token_norm(initial_tokens):.3f} before, {token_norm(context.tokens):.3f} after",

@@ -54,8 +54,6 @@ class TrainSettings:
     eval_draws_per_reference: int = 2
     loss_readback_every: int = 10
     eval_every: int = 0  # held-out lift at step 0, every N steps and at the end (0: only at the end)
-    flip_references: bool = False  # each step shows each reference mirrored left-right with probability 1/2
-    loss_focus: float = 0.0  # > 0: weight the loss toward what the prompt alone predicts worst (see focus_weights)
     probe_draws: int = 0  # > 0: after training, record each of this many draws per reference (TrainResult.probe)
 
     def validate(self) -> None:
@@ -65,7 +63,6 @@ class TrainSettings:
             (math.isfinite(self.learning_rate) and self.learning_rate > 0, f"learning_rate must be above 0, got {self.learning_rate}"),
             (math.isfinite(self.init_std) and self.init_std >= 0, f"init_std must be 0 or more, got {self.init_std}"),
             (self.draws_per_reference >= 1, f"draws_per_reference must be at least 1, got {self.draws_per_reference}"),
-            (math.isfinite(self.loss_focus) and self.loss_focus >= 0, f"loss_focus must be 0 or more, got {self.loss_focus}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -89,7 +86,7 @@ class TrainResult:
 
     @property
     def lift(self) -> float:
-        """Identity lift: 1 - loss(with context) / loss(without), on held-out draws."""
+        """Reference fit: 1 - loss(with context) / loss(without), on held-out draws."""
         return 1.0 - self.context_loss / self.baseline_loss if self.baseline_loss > 0 else 0.0
 
 
@@ -125,29 +122,6 @@ def normalized_loss_weights(weights: torch.Tensor | None, latents: torch.Tensor)
     return (weights / per_sample).contiguous()
 
 
-FOCUS_DRAWS = 4  # plain-model passes per reference that estimate what the prompt leaves unexplained
-
-
-def focus_weights(denoiser: Denoiser, latents: torch.Tensor, strength: float, seed: int, compute_dtype: torch.dtype,
-                  transformer_options: dict | None = None) -> torch.Tensor:
-    """Per-latent-pixel loss weights [R, 1, T, h, w]: the frozen model's own error without tokens,
-    averaged over a few mid-to-high noise draws, to the power ``strength``. Where the prompt already
-    explains the picture (a named background) the error is low, so the tokens spend less on it."""
-    generator = torch.Generator().manual_seed(seed + 0xF0C5)
-    errors = torch.zeros(latents.shape[0], 1, *latents.shape[2:], device=latents.device)
-    with torch.no_grad():
-        for draw in range(FOCUS_DRAWS):
-            u = torch.full((latents.shape[0],), 0.4 + 0.5 * (draw + 0.5) / FOCUS_DRAWS)
-            sigma = denoiser.sigmas(u).to(latents.device, latents.dtype)
-            noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
-            x_t = denoiser.add_noise(latents, noise, sigma)
-            with torch.autocast(latents.device.type, dtype=compute_dtype, enabled=compute_dtype != torch.float32):
-                predicted = denoiser.velocity(x_t, sigma, dict(transformer_options or {}))
-            errors += (predicted.float() - (noise - latents).float()).square().mean(dim=1, keepdim=True)
-    errors = errors / errors.mean(dim=tuple(range(1, errors.ndim)), keepdim=True).clamp_min(1e-12)
-    return errors.pow(strength)
-
-
 def _merge_patch(transformer_options: dict | None, patch: ContextTokenPatch) -> dict:
     options = dict(transformer_options or {})
     patches = {name: list(entries) for name, entries in options.get("patches", {}).items()}
@@ -158,7 +132,7 @@ def _merge_patch(transformer_options: dict | None, patch: ContextTokenPatch) -> 
 
 class HeldOutSet:
     """Fixed noise and timestep draws on the reference latents, seeded apart from training, to
-    measure the identity lift. The loss without tokens is computed once: it cannot change."""
+    measure the reference fit. The loss without tokens is computed once: it cannot change."""
 
     def __init__(self, denoiser: Denoiser, latents: torch.Tensor, draws: int, seed: int,
                  compute_dtype: torch.dtype, transformer_options: dict | None = None,
@@ -191,7 +165,7 @@ class HeldOutSet:
             return (error * self.weights).flatten(1).sum(dim=1)
 
     def lift(self, tokens: torch.Tensor) -> tuple[float, float]:
-        """(loss with tokens, identity lift)."""
+        """(loss with tokens, reference fit)."""
         with_tokens = self.loss(tokens)
         return with_tokens, 1.0 - with_tokens / self.baseline if self.baseline > 0 else 0.0
 
@@ -230,10 +204,6 @@ def train_tokens(
 
     noise_generator = torch.Generator(device=device).manual_seed(settings.seed)
     x0 = latents.repeat_interleave(settings.draws_per_reference, dim=0)
-    if settings.loss_focus > 0:
-        focus = focus_weights(denoiser, latents, settings.loss_focus, settings.seed, settings.compute_dtype,
-                              transformer_options)
-        loss_weights = focus if loss_weights is None else loss_weights.to(focus.device) * focus
     weights = normalized_loss_weights(loss_weights, latents)
     step_weights = None if weights is None else weights.repeat_interleave(settings.draws_per_reference, dim=0)
     batch = x0.shape[0]
@@ -241,7 +211,6 @@ def train_tokens(
     all_sigmas = denoiser.sigmas(
         torch.cat([stratified_uniform(batch, cpu_generator) for _ in range(settings.steps)])
     ).to(device=device, dtype=latents.dtype).view(settings.steps, batch)
-    all_flips = torch.rand(settings.steps, batch, generator=cpu_generator).to(device) < 0.5 if settings.flip_references else None
     losses = torch.zeros(settings.steps, device=device)
     loss_curve: list[float] = []
     lift_curve: list[tuple[int, float]] = []
@@ -256,10 +225,7 @@ def train_tokens(
     try:
         for step in range(settings.steps):
             noise = torch.randn(x0.shape, generator=noise_generator, device=device, dtype=x0.dtype)
-            step_x0, step_w = x0, step_weights
-            if settings.flip_references:
-                step_x0, step_w = _flipped(x0, step_weights, all_flips[step])
-            loss = _flow_loss(denoiser, step_x0, noise, all_sigmas[step], options, settings.compute_dtype, step_w)
+            loss = _flow_loss(denoiser, x0, noise, all_sigmas[step], options, settings.compute_dtype, step_weights)
             (loss * loss_scale).backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -323,16 +289,6 @@ def train_tokens(
         timings=timings,
         probe=probe,
     )
-
-
-def _flipped(x0: torch.Tensor, weights: torch.Tensor | None, flips: torch.Tensor):
-    """The batch with the rows picked by ``flips`` [B] mirrored left-right (the latent's last axis):
-    the tokens learn who is drawn, not which way the reference happens to face."""
-    mask = flips.view(-1, *([1] * (x0.ndim - 1)))
-    x0 = torch.where(mask, x0.flip(-1), x0)
-    if weights is not None:
-        weights = torch.where(mask, weights.flip(-1), weights)
-    return x0, weights
 
 
 def _release_frames(error: BaseException) -> None:

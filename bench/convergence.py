@@ -1,4 +1,4 @@
-"""Identity lift against steps for a sweep of training settings; picks the defaults.
+"""Reference fit against steps for a sweep of training settings; picks the defaults.
 
     COMFYUI_PATH=path/to/ComfyUI python bench/convergence.py --size 256 --steps 100
 

@@ -377,7 +377,7 @@ def test_train_prints_progress_and_info_and_writes_a_loadable_context(trained_fi
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert "step 1/2" in lines and any(line.startswith("step 2/2  loss ") for line in lines)
-    assert "identity lift" in result.stdout and "references: 1 (64x80)" in result.stdout
+    assert "reference fit" in result.stdout and "references: 1 (64x80)" in result.stdout
     assert lines[-1].startswith(f"saved {folder / 'ctx.safetensors'}")
     context = load_context(folder / "ctx.safetensors")
     assert context.tokens.shape == (10, 4, 1024) and context.metadata["steps"] == 2

@@ -49,7 +49,7 @@ def test_training_reaches_every_block_and_lowers_the_heldout_loss(trained):
     meta = context.metadata
     assert meta["reference_count"] == 4 and meta["steps"] == 6 and len(meta["loss_curve"]) == 6
     assert meta["heldout_loss_with"] < meta["heldout_loss_without"]
-    assert "identity lift" in info and "references: 4 (64x80, 96x64, 96x64, 72x72)" in info
+    assert "reference fit" in info and "references: 4 (64x80, 96x64, 96x64, 72x72)" in info
     # the lift is measured at step 0, every ceil(6 / 4) = 2 steps and at the end; the picture is an IMAGE
     assert [step for step, _ in meta["lift_curve"]] == [0, 2, 4, 6] and meta["lift_curve"][-1][1] == meta["lift"]
     assert plot.shape == (1, 400, 640, 3) and plot.dtype == torch.float32 and float(plot.std()) > 0.05
@@ -335,7 +335,7 @@ def test_masked_node_trains_weights_the_loss_and_shows_the_loss_under_the_progre
     final = masked.metadata["final_loss"]  # every step's text, the loss when read back (step 10), then done
     assert sent[:11] == [("42", "preparing: step 0/10")] + [("42", f"step {k}/10") for k in range(1, 10)] + [
         ("42", f"step 10/10\nloss {final:.4f}")]
-    assert len(sent) == 12 and sent[11][1].startswith(f"done: 10 steps\nloss {final:.4f}, identity lift ")
+    assert len(sent) == 12 and sent[11][1].startswith(f"done: 10 steps\nloss {final:.4f}, reference fit ")
     assert (10, 10, "42") in bar and (10, 10, None) in bar
     with pytest.raises(InvalidTrainingMaskError, match="all zero"), torch.inference_mode():
         node.train(anima, FakeAnimaClip(), FakeWanVae(), image, training_mask=torch.zeros(1, 80, 64), **args)

@@ -236,7 +236,7 @@ def test_progress_text_counts_every_step_and_ends_with_cancelled_or_done(pack, c
     tenth, final = context.metadata["loss_curve"][9], context.metadata["final_loss"]
     assert texts[:10] == ["preparing: step 0/12"] + [f"step {k}/12" for k in range(1, 10)]
     assert texts[10:13] == [f"step 10/12\nloss {tenth:.4f}", f"step 11/12\nloss {tenth:.4f} (at step 10)", f"step 12/12\nloss {final:.4f}"]
-    assert texts[13:] == [f"done: 12 steps\nloss {final:.4f}, identity lift {context.metadata['lift'] * 100:.1f}%"]
+    assert texts[13:] == [f"done: 12 steps\nloss {final:.4f}, reference fit {context.metadata['lift'] * 100:.1f}%"]
     sent.clear()
 
     class VaeCancelledWhileEncoding(FakeWanVae):

@@ -8,9 +8,7 @@ from anima_context.errors import InvalidSettingError, TokenOptimizationError
 from anima_context.trainer import (
     HeldOutSet,
     TrainSettings,
-    _flipped,
     _flow_loss,
-    focus_weights,
     normalized_loss_weights,
     stratified_uniform,
     train_tokens,
@@ -200,48 +198,14 @@ def test_an_all_zero_weight_for_one_reference_is_refused():
         train_tokens(denoiser, latents, SETTINGS, loss_weights=weights)
 
 
-def test_flipping_mirrors_only_the_chosen_references_and_their_weights():
-    x = torch.arange(2 * 4, dtype=torch.float32).view(2, 1, 1, 1, 4)
-    flipped, weights = _flipped(x, x + 100, torch.tensor([True, False]))
-    assert torch.equal(flipped[0], x[0].flip(-1)) and torch.equal(flipped[1], x[1])
-    assert torch.equal(weights, flipped + 100)
-
-
-def test_flipped_training_is_deterministic_and_differs_from_plain_training():
+def test_probe_records_each_draw_and_agrees_with_the_held_out_loss():
     _, denoiser, latents = make_tiny_setup()
-    settings = TrainSettings(steps=3, learning_rate=0.05, num_tokens=2, init_std=0.5, seed=4, flip_references=True)
-    a, b = train_tokens(denoiser, latents, settings), train_tokens(denoiser, latents, settings)
-    plain = train_tokens(denoiser, latents, TrainSettings(**{**settings.__dict__, "flip_references": False}))
-    assert torch.equal(a.tokens, b.tokens)
-    assert not torch.equal(a.tokens, plain.tokens)
-
-
-class _HalfBlindDenoiser(DenoiserWrapper):
-    """Knows the clean latents: the exact velocity on the left half of the picture, zero on the right."""
-
-    def __init__(self, inner, x0):
-        super().__init__(inner)
-        self.x0 = x0
-
-    def velocity(self, x_t, sigma, transformer_options):
-        exact = (x_t - self.x0) / sigma.view(-1, 1, 1, 1, 1)  # noise - x0 for a rectified flow
-        exact[..., exact.shape[-1] // 2:] = 0
-        return exact
-
-
-def test_focus_weights_go_where_the_plain_model_errs():
-    _, denoiser, latents = make_tiny_setup()
-    focus = focus_weights(_HalfBlindDenoiser(denoiser, latents), latents, 1.0, seed=0, compute_dtype=torch.float32)
-    assert focus.shape == (latents.shape[0], 1, *latents.shape[2:])
-    assert float(focus[..., :4].abs().max()) < 1e-4
-    assert float(focus[..., 4:].mean()) == pytest.approx(2.0, rel=1e-4)  # each reference's weights average 1
-    sharper = focus_weights(_HalfBlindDenoiser(denoiser, latents), latents, 2.0, seed=0, compute_dtype=torch.float32)
-    assert torch.allclose(sharper, focus.square())
-
-
-def test_focused_training_weights_the_loss():
-    _, denoiser, latents = make_tiny_setup()
-    settings = TrainSettings(steps=2, learning_rate=0.05, num_tokens=2, init_std=0.5, seed=1)
-    plain = train_tokens(denoiser, latents, settings)
-    focused = train_tokens(denoiser, latents, TrainSettings(**{**settings.__dict__, "loss_focus": 1.0}))
-    assert focused.loss_curve != plain.loss_curve
+    result = train_tokens(denoiser, latents, TrainSettings(**{**SETTINGS.__dict__, "probe_draws": 4}))
+    assert len(result.probe) == 4 * latents.shape[0]
+    sigmas = [sigma for sigma, _, _ in result.probe]
+    assert all(0 < s < 1 for s in sigmas) and len(set(sigmas)) == len(sigmas)
+    without, with_tokens = sum(p[1] for p in result.probe), sum(p[2] for p in result.probe)
+    assert with_tokens < without  # the trained tokens help on draws they never saw
+    probe_set = HeldOutSet(denoiser, latents, 4, SETTINGS.seed + 1, torch.float32)
+    assert float(probe_set.per_draw(result.tokens).mean()) == pytest.approx(probe_set.loss(result.tokens), rel=1e-5)
+    assert train_tokens(denoiser, latents, SETTINGS).probe == []  # off by default: it costs forward passes

@@ -54,7 +54,7 @@ class TrainingProgressText:
             raise
 
     def done(self, final_loss: float, lift: float) -> None:
-        self._send(f"done: {self.total} steps\nloss {final_loss:.4f}, identity lift {lift * 100:.1f}%")
+        self._send(f"done: {self.total} steps\nloss {final_loss:.4f}, reference fit {lift * 100:.1f}%")
 
     def _loss_line(self) -> str:
         if self._loss is None:

@@ -141,8 +141,7 @@ def train_reference_context(model, clip, vae, images: dict, prompt: str, seed: i
                             learning_rate: float, image_size: int, num_tokens: int, init_std: float,
                             dtype_name: str, masks: torch.Tensor | list | None = None, node_id: str | None = None,
                             on_progress: Callable[[int, int, float | None], None] | None = None,
-                            activation_checkpointing: str = "auto", flip_references: bool = False,
-                            loss_focus: float = 0.0, probe_draws: int = 0,
+                            activation_checkpointing: str = "auto", probe_draws: int = 0,
                             ) -> tuple[ReferenceContext, str, torch.Tensor]:
     """The train nodes' work, start to finish; the user's MODEL is never changed. ``masks`` (a
     MASK, one for all references or one each, or a list of MASKs for references of different
@@ -170,7 +169,7 @@ def train_reference_context(model, clip, vae, images: dict, prompt: str, seed: i
         settings = TrainSettings(steps=steps, learning_rate=learning_rate, num_tokens=num_tokens,
                                  init_std=init_std, seed=seed, compute_dtype=dtype,
                                  eval_every=max(1, math.ceil(steps / LIFT_POINTS)),
-                                 flip_references=flip_references, loss_focus=loss_focus, probe_draws=probe_draws)
+                                 probe_draws=probe_draws)
         settings.validate()
 
         timings = {}
@@ -236,8 +235,6 @@ def train_reference_context(model, clip, vae, images: dict, prompt: str, seed: i
             "lift": result.lift,
             "lift_curve": result.lift_curve,
             "probe": result.probe,
-            "flip_references": flip_references,
-            "loss_focus": loss_focus,
             "num_blocks": num_blocks,
             "width": width,
             "model": type(patcher.model.diffusion_model).__name__,
