@@ -99,15 +99,21 @@ def stratified_uniform(count: int, generator: torch.Generator) -> torch.Tensor:
     return u.clamp(1e-4, 1 - 1e-4).float()
 
 
-def _flow_loss(denoiser: Denoiser, x0, noise, sigma, options, compute_dtype, weights=None) -> torch.Tensor:
-    """Flow-matching MSE; ``weights`` (from ``normalized_loss_weights``) make it a per-sample
-    weighted mean over the latent pixels that count."""
+def _squared_error(denoiser: Denoiser, x0, noise, sigma, options, compute_dtype) -> torch.Tensor:
+    """The frozen model's squared velocity error per element, float32."""
     x_t = denoiser.add_noise(x0, noise, sigma)
     with torch.autocast(x0.device.type, dtype=compute_dtype, enabled=compute_dtype != torch.float32):
         prediction = denoiser.velocity(x_t, sigma, options)
+    return (prediction.float() - (noise - x0).float()).square()
+
+
+def _flow_loss(denoiser: Denoiser, x0, noise, sigma, options, compute_dtype, weights=None) -> torch.Tensor:
+    """Flow-matching MSE; ``weights`` (from ``normalized_loss_weights``) make it a per-sample
+    weighted mean over the latent pixels that count."""
+    error = _squared_error(denoiser, x0, noise, sigma, options, compute_dtype)
     if weights is None:
-        return torch.nn.functional.mse_loss(prediction.float(), (noise - x0).float())
-    return ((prediction.float() - (noise - x0).float()).square() * weights).sum() / x0.shape[0]
+        return error.mean()
+    return (error * weights).sum() / x0.shape[0]
 
 
 def normalized_loss_weights(weights: torch.Tensor | None, latents: torch.Tensor) -> torch.Tensor | None:
@@ -156,10 +162,7 @@ class HeldOutSet:
         """Each draw's own (weighted) loss [draws]."""
         options = self.options if tokens is None else _merge_patch(self.options, ContextTokenPatch(tokens))
         with torch.no_grad():
-            x_t = self.denoiser.add_noise(self.x0, self.noise, self.sigma)
-            with torch.autocast(self.x0.device.type, dtype=self.compute_dtype, enabled=self.compute_dtype != torch.float32):
-                prediction = self.denoiser.velocity(x_t, self.sigma, options)
-            error = (prediction.float() - (self.noise - self.x0).float()).square()
+            error = _squared_error(self.denoiser, self.x0, self.noise, self.sigma, options, self.compute_dtype)
             if self.weights is None:
                 return error.flatten(1).mean(dim=1)
             return (error * self.weights).flatten(1).sum(dim=1)

@@ -225,18 +225,11 @@ def references_for(character, count: int, size: int) -> list:
 
 
 def sample_batch(model, positive, negative, count: int, size: int, seed: int, settings: dict) -> torch.Tensor:
-    """KSampler on an empty latent batch, as comfy_glue.sampling.render does; prepare_noise draws each
-    sample its own noise. Returns the raw latents [B, 16, 1, h, w]."""
-    import comfy.model_management
-    import comfy.sample
+    """KSampler on an empty latent batch (``sampling.sample``): raw latents [B, 16, 1, h, w]."""
+    from bench.world.sampling import sample
 
-    VAE_DOWNSCALE = importlib.import_module(f"{PACK_NAME}.anima_context.comfy_glue.training").VAE_DOWNSCALE
-    latent = torch.zeros([count, 4, size // VAE_DOWNSCALE, size // VAE_DOWNSCALE],
-                         device=comfy.model_management.intermediate_device(), dtype=comfy.model_management.intermediate_dtype())
-    latent = comfy.sample.fix_empty_latent_channels(model, latent)
-    noise = comfy.sample.prepare_noise(latent, seed)
-    return comfy.sample.sample(model, noise, settings["sample_steps"], settings["cfg"], settings["sampler"], settings["scheduler"],
-                               positive, negative, latent, denoise=1.0, disable_pbar=True, seed=seed)
+    return sample(model, positive, negative, count, seed, size, settings["sample_steps"], settings["cfg"],
+                  settings["sampler"], settings["scheduler"])
 
 
 def score(classifier, latents: torch.Tensor, character, b_tgt: str, b_ref: str) -> dict:

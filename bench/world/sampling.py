@@ -31,10 +31,13 @@ def sample(model, positive, negative, count: int, seed: int, image_size: int, st
            cfg: float = CFG, sampler: str = SAMPLER, scheduler: str = SCHEDULER) -> torch.Tensor:
     """``count`` raw latents [count, 16, 1, h, w] from one KSampler call on a batch: each batch
     entry has its own noise (``prepare_noise`` of the batch)."""
+    import comfy.model_management
     import comfy.sample
 
     side = image_size // 8
-    latent = comfy.sample.fix_empty_latent_channels(model, torch.zeros([count, 4, side, side]))
+    latent = torch.zeros([count, 4, side, side], device=comfy.model_management.intermediate_device(),
+                         dtype=comfy.model_management.intermediate_dtype())
+    latent = comfy.sample.fix_empty_latent_channels(model, latent)
     noise = comfy.sample.prepare_noise(latent, seed)
     return comfy.sample.sample(model, noise, steps, cfg, sampler, scheduler, positive, negative, latent,
                                denoise=1.0, disable_pbar=True, seed=seed).float()
