@@ -250,7 +250,7 @@ class AnimaFastTrainLoadContext:
         lift = meta.get("lift")
         lift_text = f"{lift * 100:.1f}%" if isinstance(lift, (int, float)) else "unknown"
         info = (f"{context_name}: {context.num_blocks} blocks x {context.num_tokens} tokens x {context.width}; "
-                f"{meta.get('steps', '?')} steps, lift {lift_text}, prompt {meta.get('prompt', '')!r}")
+                f"{meta.get('steps', '?')} steps, reference fit {lift_text}, prompt {meta.get('prompt', '')!r}")
         return (context, info)
 
 

@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--activation-checkpointing", choices=list(CHECKPOINTING_CHOICES), default="auto",
                        help="recompute the DiT's activations in backward: much less memory, about a third more time per "
                             "step; auto: only when training would not fit the GPU's free memory, never on a CPU (default: auto).")
-    train.add_argument("--loss-plot", metavar="FILE.png", help="optional: also save the loss and lift curves as a PNG.")
+    train.add_argument("--loss-plot", metavar="FILE.png", help="optional: also save the loss and reference-fit curves as a PNG.")
     train.set_defaults(run=run_train)
 
     sample = commands.add_parser("sample", parents=[common], help="render an image with a saved context",
@@ -470,7 +470,7 @@ def run_sample(args) -> int:
     say(f"ComfyUI {comfy_env.root} on {comfy_env.device}")
     lift = meta.get("lift")
     say(f"context {args.context}: {context.num_blocks} blocks x {context.num_tokens} tokens, {meta.get('steps', '?')} steps"
-        + (f", lift {lift * 100:.1f}%" if isinstance(lift, (int, float)) else "") + f"; strength {args.strength:g}")
+        + (f", reference fit {lift * 100:.1f}%" if isinstance(lift, (int, float)) else "") + f"; strength {args.strength:g}")
     every = max(1, args.steps // 10)
 
     def on_step(done: int, total: int) -> None:
