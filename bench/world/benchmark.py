@@ -28,6 +28,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from bench.world.build import DIT_FILE, TEXT_ENCODER_FILE, VAE_FILE
 from bench.world.characters import (
     BACKGROUNDS,
     CHARACTERS,
@@ -43,8 +44,8 @@ from bench.world.characters import (
 
 REPO = Path(__file__).resolve().parents[2]
 PACK_NAME = "anima_fast_train_pack"  # the tests' name for the pack, so a test run shares one copy
-WORLD_FILES = {"unet": "diffusion_models/world_anima.safetensors", "clip": "text_encoders/anima_demo_qwen3_06b.safetensors",
-               "vae": "vae/world_vae.safetensors"}
+# the world's files, as bench.world.build writes them
+WORLD_FILES = {"unet": str(DIT_FILE), "clip": str(TEXT_ENCODER_FILE), "vae": str(VAE_FILE)}
 DEFAULT_TRAINING = ("t00", "t01")
 GRID_REFS = (1, 3)
 GRID_SAMPLES = 4

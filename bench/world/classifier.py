@@ -9,7 +9,6 @@ read as that character's.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -101,7 +100,3 @@ def load_classifier(world: str | Path) -> LatentClassifier:
     model = LatentClassifier(saved["latent_side"])
     model.load_state_dict(saved["state"])
     return model.eval()
-
-
-def fresh_accuracy(world: str | Path) -> dict:
-    return json.loads((Path(world) / "world.json").read_text()).get("classifier_fresh_accuracy", {})
