@@ -65,3 +65,22 @@ def test_quick_benchmark_prints_the_table_and_writes_the_grid(standin_world, tmp
     shown = min(GRID_SAMPLES, 2)
     assert picture.size == (grid.LABEL_WIDTH + (grid.REF_SLOTS + 2 * shown) * side + 3 * grid.GAP,
                             grid.HEADER + 4 * (side + grid.CAPTION + 4))  # rows: h00, h01 x refs 1, 3
+
+
+def test_masks_training_seeds_and_saved_contexts(standin_world, tmp_path):
+    import torch
+
+    lines = []
+    out = tmp_path / "out"
+    main(["--world", str(standin_world), "--out", str(out), "--characters", "h00", "--refs", "1", "--train-seeds", "0,5",
+          "--masks", "--save-contexts", "--steps", "2", "--sample-steps", "2", "--seeds", "2", "--threads", "1",
+          "--classifier-standin", "--no-grid"], say=lines.append)
+    rows = [json.loads(line[len("RESULT "):]) for line in lines if line.startswith("RESULT ")]
+    assert [(r["character"], r["train_seed"]) for r in rows] == [("h00", 0), ("h00", 5)]
+    assert all(0.0 <= r["true_identity"] <= 1.0 for r in rows)
+    sums = [json.loads(line[len("SUMMARY "):]) for line in lines if line.startswith("SUMMARY ")]
+    assert [(s["characters"], s["trainings"]) for s in sums] == [(1, 2)]
+    saved = {seed: torch.load(out / "contexts" / f"h00_refs1_seed{seed}.pt") for seed in (0, 5)}
+    for seed, context in saved.items():
+        assert context["metadata"]["masked"] is True and context["metadata"]["seed"] == seed
+    assert not torch.equal(saved[0]["tokens"], saved[5]["tokens"])

@@ -138,3 +138,18 @@ def test_the_contact_sheet_has_a_row_per_character_and_a_column_per_background_a
     assert sheet.size == (40 + SIZE * 2 * len(BACKGROUNDS), SIZE * 2)
     cell = pixels(sheet.crop((40 + SIZE * 7, SIZE, 40 + SIZE * 8, SIZE * 2)))  # second row, forest, second seed
     assert (cell == pixels(render(HELD_OUT[1], "forest", len(BACKGROUNDS) + 1, SIZE))).all()
+
+
+def test_render_mask_covers_exactly_what_the_character_changes_in_the_picture():
+    from bench.world.characters import render_background, render_mask
+
+    character = HELD_OUT[0]
+    picture = np.asarray(render(character, "beach", 7, size=64), dtype=np.int16)
+    scene = np.asarray(render_background("beach", 7, size=64), dtype=np.int16)
+    mask = np.asarray(render_mask(character, 7, size=64))
+    assert mask.shape == (64, 64) and mask.dtype == np.uint8
+    changed = np.abs(picture - scene).max(axis=-1) > 12
+    assert 0.1 < (mask > 127).mean() < 0.6
+    assert (mask[changed] > 0).mean() > 0.97  # the character's pixels are in the mask
+    assert changed[mask > 250].mean() > 0.9  # and the mask's solid part is the character
+    assert mask[~changed & (mask > 0)].mean() < mask[changed].mean()  # edges are soft, not spread

@@ -40,6 +40,7 @@ from bench.world.characters import (
     character_id,
     prompt_for,
     render,
+    render_mask,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -50,7 +51,8 @@ DEFAULT_TRAINING = ("t00", "t01")
 GRID_REFS = (1, 3)
 GRID_SAMPLES = 4
 NOISE_SEED, REFERENCE_SEED_STRIDE = 1000, 100
-METRICS = ("identity", "attributes", "background", "leak", "plain_identity", "plain_attributes", "plain_background",
+TRUTH_SEEDS = 50_000  # fresh renders of each character on the asked background: the classifier's ceiling
+METRICS = ("true_identity", "identity", "attributes", "background", "leak", "plain_identity", "plain_attributes", "plain_background",
            "plain_leak", "train_seconds", "lift")
 
 
@@ -165,8 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--learning-rate", type=float)
     train.add_argument("--num-tokens", type=int)
     train.add_argument("--init-std", type=float)
-    train.add_argument("--train-seed", type=int, default=0)
+    train.add_argument("--train-seeds", default="0",
+                       help="training seeds, e.g. 0,1: one training (and row) per seed; the outcome depends a lot on it")
     train.add_argument("--train-kwargs", type=json.loads, default={}, help="JSON merged into the train node's inputs")
+    train.add_argument("--masks", action="store_true", help="train with each reference's true character mask")
     train.add_argument("--apply-kwargs", type=json.loads, default={}, help="JSON merged into the apply node's inputs")
     sample = p.add_argument_group("sampling")
     sample.add_argument("--sampler", default="euler")
@@ -179,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cpu", action="store_true", help="run on the CPU even with a GPU")
     run.add_argument("--classifier-standin", action="store_true",
                      help="a random classifier instead of the world's: for testing the mechanics only, the figures mean nothing")
+    run.add_argument("--save-contexts", action="store_true", help="keep each trained context in OUT/contexts/ (for offline analysis)")
     run.add_argument("--no-grid", action="store_true", help="skip grid.png (no decoding)")
     return p
 
@@ -197,8 +202,10 @@ def resolve(args, nodes) -> dict:
         "refs": refs,
         "seeds": args.seeds or (4 if quick else 8),
         "train": {k: (defaults[k] if v is None else v) for k, v in chosen.items()},
-        "train_seed": args.train_seed,
+        "train_seeds": [int(seed) for seed in args.train_seeds.split(",")],
         "train_kwargs": args.train_kwargs,
+        "masks": args.masks,
+        "save_contexts": args.save_contexts,
         "apply_kwargs": args.apply_kwargs,
         "sampler": args.sampler, "scheduler": args.scheduler, "sample_steps": args.sample_steps, "cfg": args.cfg,
         "threads": args.threads,
@@ -223,6 +230,35 @@ def references_for(character, count: int, size: int) -> list:
     i = character_id(character)
     b_ref, _ = backgrounds_for(character)
     return [render(character, b_ref, FRESH_SEEDS + REFERENCE_SEED_STRIDE * i + k, size=size) for k in range(count)]
+
+
+def reference_masks_for(character, count: int, size: int) -> list:
+    """The true character masks of ``references_for``'s pictures."""
+    i = character_id(character)
+    return [render_mask(character, FRESH_SEEDS + REFERENCE_SEED_STRIDE * i + k, size=size) for k in range(count)]
+
+
+def as_mask(picture) -> torch.Tensor:
+    """An "L" picture as ComfyUI's MASK [1, H, W] in 0..1."""
+    return torch.from_numpy(np.asarray(picture, dtype=np.float32) / 255.0)[None]
+
+
+def train_inputs(character, references: list, prompt: str, seed: int, size: int, settings: dict) -> dict:
+    """The train node's inputs for one training: the references (and with ``--masks`` their true masks),
+    the node defaults or the chosen settings, and ``--train-kwargs`` on top."""
+    images = [as_image(picture) for picture in references]
+    kwargs = {"reference_image": images[0], "training_prompt": prompt, "seed": seed, **settings["train"],
+              "training_image_size": size, "training_dtype": "float32"}
+    kwargs.update({f"reference_image_{k}": image for k, image in enumerate(images[1:], start=2)})
+    if settings.get("masks"):
+        kwargs["training_mask"] = [as_mask(m) for m in reference_masks_for(character, len(references), size)]
+    return {**kwargs, **settings["train_kwargs"]}
+
+
+def true_renders(vae, character, background: str, count: int, size: int) -> torch.Tensor:
+    """Raw latents of fresh renders of the character on ``background``: what a perfect sample would be."""
+    first = FRESH_SEEDS + TRUTH_SEEDS + REFERENCE_SEED_STRIDE * character_id(character)
+    return torch.cat([vae.encode(as_image(render(character, background, first + k, size=size))) for k in range(count)])
 
 
 def sample_batch(model, positive, negative, count: int, size: int, seed: int, settings: dict) -> torch.Tensor:
@@ -303,7 +339,8 @@ def summaries(rows: list[dict], settings: dict, corr: dict) -> list[dict]:
             if not group:
                 continue
             means = {m: sum(r[m] for r in group) / len(group) for m in METRICS if all(isinstance(r[m], (int, float)) for r in group)}
-            out.append({"label": settings["label"], "split": split, "n_refs": n, "characters": len(group), **means, **corr,
+            out.append({"label": settings["label"], "split": split, "n_refs": n, "characters": len({r["character"] for r in group}),
+                        "trainings": len(group), **means, **corr,
                         "seeds": settings["seeds"], "train": settings["train"], "train_kwargs": settings["train_kwargs"],
                         "apply_kwargs": settings["apply_kwargs"], "classifier": settings["classifier"]})
     return out
@@ -313,8 +350,8 @@ def _pct(value) -> str:
     return f"{100 * value:5.0f}" if isinstance(value, (int, float)) else "    -"
 
 
-COLUMNS = ("identity", "attributes", "background", "leak", "plain_identity", "plain_background")
-HEADS = ("ident%", "attr%", "bg%", "leak%", "pl.id%", "pl.bg%")
+COLUMNS = ("true_identity", "identity", "attributes", "background", "leak", "plain_identity", "plain_background")
+HEADS = ("true.id%", "ident%", "attr%", "bg%", "leak%", "pl.id%", "pl.bg%")
 
 
 def table(rows: list[dict], sums: list[dict]) -> str:
@@ -327,7 +364,8 @@ def table(rows: list[dict], sums: list[dict]) -> str:
                 + f"{r.get('train_seconds', 0):>9.1f}" + (f"{lift:>8.3f}" if isinstance(lift, (int, float)) else f"{'-':>8}"))
 
     for r in rows:
-        lines.append(line(f"{r['character']} ({r['split'][0]})", r["n_refs"], r))
+        seed = f" s{r['train_seed']}" if r.get("train_seed") else ""
+        lines.append(line(f"{r['character']} ({r['split'][0]}){seed}", r["n_refs"], r))
     lines.append("-" * len(head))
     for s in sums:
         lines.append(line(f"mean {s['split']}", s["n_refs"], s))
@@ -360,46 +398,48 @@ def run(settings: dict, world_meta: dict, nodes, model, clip, vae, classifier, o
         noise_seed = NOISE_SEED + i
         plain_latents = sample_batch(model, positive, negative, seeds, size, noise_seed, settings)
         plain = score(classifier, plain_latents, character, b_tgt, b_ref)
+        truth = score(classifier, true_renders(vae, character, b_tgt, seeds, size).float(), character, b_tgt, b_ref)
         wants_grid = grid and character.held_out and any(n in GRID_REFS for n in settings["refs"])
         plain_pictures = decode(vae, plain_latents[:shown]) if wants_grid else None
         references = references_for(character, max(settings["refs"]), size)
         for n in settings["refs"]:
-            images = [as_image(p) for p in references[:n]]
-            kwargs = {"reference_image": images[0], "training_prompt": prompt_for(b_ref), "seed": settings["train_seed"],
-                      **settings["train"], "training_image_size": size, "training_dtype": "float32"}
-            kwargs.update({f"reference_image_{k}": image for k, image in enumerate(images[1:], start=2)})
-            kwargs.update(settings["train_kwargs"])
-            mark = time.perf_counter()
-            context, info, _plot = train_node.train(model, clip, vae, **kwargs)
-            train_seconds = time.perf_counter() - mark
-            patched = apply_node.apply(model, context, **{"strength": 1.0, **settings["apply_kwargs"]})[0]
-            mark = time.perf_counter()
-            latents = sample_batch(patched, positive, negative, seeds, size, noise_seed, settings)
-            sample_seconds = time.perf_counter() - mark
-            with_context = score(classifier, latents, character, b_tgt, b_ref)
-            meta = context.metadata
-            row = {"label": settings["label"], "character": character.name, "split": split, "n_refs": n,
-                   "reference_background": b_ref, "target_background": b_tgt,
-                   **{k: with_context[k] for k in ("identity", "attributes", "background", "leak")},
-                   **{f"plain_{k}": plain[k] for k in ("identity", "attributes", "background", "leak")},
-                   "train_seconds": train_seconds, "sample_seconds": sample_seconds, "lift": meta.get("lift"),
-                   "final_loss": meta.get("final_loss")}
-            rows.append({**row, "info": info, "probe": meta.get("probe"), "lift_curve": meta.get("lift_curve"),
-                         "samples": {k: with_context[k] for k in with_context if k not in row},
-                         "plain_samples": {k: plain[k] for k in plain if k not in ("identity", "attributes", "background", "leak")}})
-            say(f"[{time.perf_counter() - started:7.1f}s] {character.name} refs={n}: identity {_pct(row['identity']).strip()}% "
-                f"(plain {_pct(row['plain_identity']).strip()}%), background {_pct(row['background']).strip()}% "
-                f"leak {_pct(row['leak']).strip()}%, train {train_seconds:.1f}s, sample {sample_seconds:.1f}s")
-            say("RESULT " + json.dumps(row))
-            if wants_grid and n in GRID_REFS:
-                hits = list(zip(with_context["identity_hits"], with_context["background_hits"]))
-                plain_hits = list(zip(plain["identity_hits"], plain["background_hits"]))
-                grid_rows.append(GridRow(
-                    title=f"{character.name} refs={n}",
-                    detail=[f"ctx id {sum(with_context['identity_hits'])}/{seeds}", f"plain id {sum(plain['identity_hits'])}/{seeds}",
-                            f"ref: {b_ref}", f"ask: {b_tgt}"],
-                    references=references[:n], plain=plain_pictures, context=decode(vae, latents[:shown]),
-                    plain_hits=plain_hits[:shown], context_hits=hits[:shown]))
+            for train_seed in settings["train_seeds"]:
+                kwargs = train_inputs(character, references[:n], prompt_for(b_ref), train_seed, size, settings)
+                mark = time.perf_counter()
+                context, info, _plot = train_node.train(model, clip, vae, **kwargs)
+                train_seconds = time.perf_counter() - mark
+                patched = apply_node.apply(model, context, **{"strength": 1.0, **settings["apply_kwargs"]})[0]
+                mark = time.perf_counter()
+                latents = sample_batch(patched, positive, negative, seeds, size, noise_seed, settings)
+                sample_seconds = time.perf_counter() - mark
+                with_context = score(classifier, latents, character, b_tgt, b_ref)
+                meta = context.metadata
+                if settings.get("save_contexts"):
+                    (out / "contexts").mkdir(parents=True, exist_ok=True)
+                    torch.save({"tokens": context.tokens, "metadata": meta},
+                               out / "contexts" / f"{character.name}_refs{n}_seed{train_seed}.pt")
+                row = {"label": settings["label"], "character": character.name, "split": split, "n_refs": n, "train_seed": train_seed,
+                       "reference_background": b_ref, "target_background": b_tgt, "true_identity": truth["identity"],
+                       **{k: with_context[k] for k in ("identity", "attributes", "background", "leak")},
+                       **{f"plain_{k}": plain[k] for k in ("identity", "attributes", "background", "leak")},
+                       "train_seconds": train_seconds, "sample_seconds": sample_seconds, "lift": meta.get("lift"),
+                       "final_loss": meta.get("final_loss")}
+                rows.append({**row, "info": info, "probe": meta.get("probe"), "lift_curve": meta.get("lift_curve"),
+                             "samples": {k: with_context[k] for k in with_context if k not in row},
+                             "plain_samples": {k: plain[k] for k in plain if k not in ("identity", "attributes", "background", "leak")}})
+                say(f"[{time.perf_counter() - started:7.1f}s] {character.name} refs={n} seed={train_seed}: identity {_pct(row['identity']).strip()}% "
+                    f"(plain {_pct(row['plain_identity']).strip()}%), background {_pct(row['background']).strip()}% "
+                    f"leak {_pct(row['leak']).strip()}%, train {train_seconds:.1f}s, sample {sample_seconds:.1f}s")
+                say("RESULT " + json.dumps(row))
+                if wants_grid and n in GRID_REFS:
+                    hits = list(zip(with_context["identity_hits"], with_context["background_hits"]))
+                    plain_hits = list(zip(plain["identity_hits"], plain["background_hits"]))
+                    grid_rows.append(GridRow(
+                        title=f"{character.name} refs={n}" + (f" seed {train_seed}" if len(settings["train_seeds"]) > 1 else ""),
+                        detail=[f"ctx id {sum(with_context['identity_hits'])}/{seeds}", f"plain id {sum(plain['identity_hits'])}/{seeds}",
+                                f"ref: {b_ref}", f"ask: {b_tgt}"],
+                        references=references[:n], plain=plain_pictures, context=decode(vae, latents[:shown]),
+                        plain_hits=plain_hits[:shown], context_hits=hits[:shown]))
 
     corr = correlations(rows)
     sums = summaries(rows, settings, corr)

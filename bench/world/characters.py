@@ -156,12 +156,8 @@ def render_background(background: str, seed: int, size: int = 128) -> Image.Imag
     return _scene(background, seed, canvas_side(size)).resize((size, size), Image.LANCZOS)
 
 
-def render(character: Character, background: str, seed: int, size: int = 128, pose: Jitter | None = None) -> Image.Image:
-    """One RGB picture (size x size) of the character on the background, jittered by the seed
-    (or placed by ``pose``, which overrides the seed's pose but not its background layout)."""
-    side = canvas_side(size)
-    scene = _scene(background, seed, side)
-    pose = pose or jitter_for(seed)
+def _placed_figure(character: Character, side: int, pose: Jitter) -> tuple[Image.Image, tuple[int, int]]:
+    """The figure (RGBA) as posed, and where its top-left corner goes on a side x side canvas."""
     figure = draw_figure(side, **character.attributes)
     if pose.flip:
         figure = figure.transpose(Image.FLIP_LEFT_RIGHT)
@@ -169,8 +165,27 @@ def render(character: Character, background: str, seed: int, size: int = 128, po
     figure = figure.resize((layer, layer), Image.LANCZOS).rotate(pose.tilt, resample=Image.BICUBIC, expand=True)
     centre_x = side * (0.5 + pose.shift_x)
     centre_y = side * (1.0 + pose.shift_y) - layer * 0.47  # puts the feet near the bottom edge
-    scene.paste(figure, (round(centre_x - figure.width / 2), round(centre_y - figure.height / 2)), figure)
+    return figure, (round(centre_x - figure.width / 2), round(centre_y - figure.height / 2))
+
+
+def render(character: Character, background: str, seed: int, size: int = 128, pose: Jitter | None = None) -> Image.Image:
+    """One RGB picture (size x size) of the character on the background, jittered by the seed
+    (or placed by ``pose``, which overrides the seed's pose but not its background layout)."""
+    side = canvas_side(size)
+    scene = _scene(background, seed, side)
+    figure, corner = _placed_figure(character, side, pose or jitter_for(seed))
+    scene.paste(figure, corner, figure)
     return scene.resize((size, size), Image.LANCZOS)
+
+
+def render_mask(character: Character, seed: int, size: int = 128, pose: Jitter | None = None) -> Image.Image:
+    """The character's silhouette in ``render``'s picture for the same seed (or pose): an "L"
+    picture, 255 on the character and 0 on the background (a cut-out's alpha)."""
+    side = canvas_side(size)
+    figure, corner = _placed_figure(character, side, pose or jitter_for(seed))
+    mask = Image.new("L", (side, side), 0)
+    mask.paste(figure.getchannel("A"), corner)
+    return mask.resize((size, size), Image.LANCZOS)
 
 
 # ---- contact sheet ----
