@@ -29,6 +29,7 @@ from bench.world.characters import (
     prompt_for,
     render,
     render_background,
+    render_mask,
 )
 
 SIZE = 64
@@ -141,8 +142,6 @@ def test_the_contact_sheet_has_a_row_per_character_and_a_column_per_background_a
 
 
 def test_render_mask_covers_exactly_what_the_character_changes_in_the_picture():
-    from bench.world.characters import render_background, render_mask
-
     character = HELD_OUT[0]
     picture = np.asarray(render(character, "beach", 7, size=64), dtype=np.int16)
     scene = np.asarray(render_background("beach", 7, size=64), dtype=np.int16)

@@ -363,8 +363,9 @@ def table(rows: list[dict], sums: list[dict]) -> str:
         return (f"{name:<16}{n:>5}" + "".join(f"{_pct(r.get(c)):>8}" for c in COLUMNS)
                 + f"{r.get('train_seconds', 0):>9.1f}" + (f"{lift:>8.3f}" if isinstance(lift, (int, float)) else f"{'-':>8}"))
 
+    several_seeds = len({r.get("train_seed") for r in rows}) > 1
     for r in rows:
-        seed = f" s{r['train_seed']}" if r.get("train_seed") else ""
+        seed = f" s{r['train_seed']}" if several_seeds else ""
         lines.append(line(f"{r['character']} ({r['split'][0]}){seed}", r["n_refs"], r))
     lines.append("-" * len(head))
     for s in sums:
