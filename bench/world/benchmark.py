@@ -226,16 +226,19 @@ def backgrounds_for(character) -> tuple[str, str]:
     return BACKGROUNDS[i % len(BACKGROUNDS)], BACKGROUNDS[(i + 3) % len(BACKGROUNDS)]
 
 
+def reference_seeds(character, count: int) -> list[int]:
+    """The render seeds of a character's references: fresh, and apart from every other character's."""
+    return [FRESH_SEEDS + REFERENCE_SEED_STRIDE * character_id(character) + k for k in range(count)]
+
+
 def references_for(character, count: int, size: int) -> list:
-    i = character_id(character)
     b_ref, _ = backgrounds_for(character)
-    return [render(character, b_ref, FRESH_SEEDS + REFERENCE_SEED_STRIDE * i + k, size=size) for k in range(count)]
+    return [render(character, b_ref, seed, size=size) for seed in reference_seeds(character, count)]
 
 
 def reference_masks_for(character, count: int, size: int) -> list:
     """The true character masks of ``references_for``'s pictures."""
-    i = character_id(character)
-    return [render_mask(character, FRESH_SEEDS + REFERENCE_SEED_STRIDE * i + k, size=size) for k in range(count)]
+    return [render_mask(character, seed, size=size) for seed in reference_seeds(character, count)]
 
 
 def as_mask(picture) -> torch.Tensor:
