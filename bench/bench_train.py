@@ -109,7 +109,8 @@ class Setup:
         self._files = tempfile.TemporaryDirectory()
         self.patcher = load_anima_file(state, Path(self._files.name) / "anima_random.safetensors")
         del state
-        comfy.model_management.load_models_gpu([self.patcher], force_full_load=True)
+        with torch.inference_mode():  # as the train node loads it: ComfyUI runs nodes under inference mode
+            comfy.model_management.load_models_gpu([self.patcher], force_full_load=True)
         dm = self.patcher.model.diffusion_model
         blocks = len(dm.blocks)
         self.model_name = f"ComfyUI Anima ({blocks} blocks, {width} wide, random weights)"

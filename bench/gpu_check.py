@@ -9,7 +9,9 @@ Per row: ok or the error, the tokens' gradient against a reference (cosine simil
 error against the same weights as plain float32 tensors, fully resident, no DynamicVRAM), the
 training step time, peak VRAM (torch's allocator, and the device as a whole: comfy_aimdo's vbar
 memory is outside torch's allocator), the seconds from the node's start to its first step (encode,
-load, prepare) and the UNETLoader load time. Then ``bench/bench_train.py --full`` at 512 and 1024 px.
+load, prepare) and the UNETLoader load time; then the context is applied and the same MODEL sampled
+with ComfyUI's sampler (the context changes the latent, strength 0 gives the plain latent exactly,
+the MODEL samples the same afterwards). Then ``bench/bench_train.py --full`` at 512 and 1024 px.
 
 How a row runs: the child process parses the row's server flags exactly as ``main.py`` does
 (``comfy.options.enable_args_parsing``, ``cuda_malloc``, ``comfy_aimdo.control.init`` and
@@ -29,6 +31,7 @@ architecture's memory figures (``bench/memory.py``) instead of the benchmark.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -363,7 +366,45 @@ def _run_row(row: Row, args, result: dict) -> None:
         info=info,
     )
     torch.save({"grad": probe["grad"], "inputs": probe["inputs"]}, Path(args.dir) / f"{row.name}.probe.pt")
+    result.update(_sample_checks(model, context, size))
     del keep
+
+
+SAMPLE_CHECKS = ("sample_finite", "sample_changed", "strength_zero_exact", "model_unchanged")
+
+
+def _sample_checks(model, context, size: int) -> dict:
+    """The user's next step on the same path: Apply Context, then ComfyUI's sampler (4 steps). The
+    context must change the latent, strength 0 must give the plain model's latent exactly, and the
+    user's MODEL must sample the same after."""
+    import comfy.sample
+    import torch
+    from comfy_anima import FakeAnimaClip
+
+    from anima_context.comfy_glue.sampling import apply_reference_context
+
+    clip = FakeAnimaClip()
+
+    def sample(patcher):
+        with torch.inference_mode():
+            positive = clip.encode_from_tokens_scheduled(clip.tokenize("1girl, beach"))
+            negative = clip.encode_from_tokens_scheduled(clip.tokenize(""))
+            latent = comfy.sample.fix_empty_latent_channels(patcher, torch.zeros(1, 4, size // 8, size // 8))
+            noise = comfy.sample.prepare_noise(latent, 3)
+            return comfy.sample.sample(patcher, noise, 4, 4.0, "euler", "simple", positive, negative, latent,
+                                       denoise=1.0, disable_pbar=True, seed=3).float().cpu()
+
+    plain = sample(model)
+    with torch.inference_mode():
+        applied = sample(apply_reference_context(model, context, 1.0, "positive"))
+        zero = sample(apply_reference_context(model, context, 0.0, "positive"))
+    again = sample(model)
+    change = float((applied - plain).abs().mean())
+    return {"sample_finite": bool(torch.isfinite(plain).all() and torch.isfinite(applied).all()),
+            "sample_change": change,
+            "sample_changed": change > 1e-3 * float(plain.abs().mean()),
+            "strength_zero_exact": torch.equal(zero, plain),
+            "model_unchanged": torch.equal(again, plain)}
 
 
 def _reference_state_dict(folder: Path, weights: str):
@@ -476,6 +517,7 @@ def run_rows(rows: list[Row], folder: Path, args) -> list[dict]:
     for result in results:
         if result["ok"] and "cosine" in result:
             result["agrees"] = result["cosine"] >= MIN_COSINE and result["relative_error"] <= MAX_RELATIVE_ERROR
+            result["samples_ok"] = all(result.get(check) for check in SAMPLE_CHECKS)
     return results
 
 
@@ -492,19 +534,23 @@ def print_table(results: list[dict], skipped: list[tuple[Row, str]]) -> None:
         elif "error" in r:
             verdict = "no-ref"
         else:
-            verdict = "ok" if r.get("agrees") else "WRONG"
+            verdict = "ok" if r.get("agrees") and r.get("samples_ok") else "WRONG"
         print(f"{r['row']:<22} {verdict:<8} {_fmt(r.get('cosine'), '.5f'):>8} {_fmt(r.get('relative_error'), '.4f'):>8} "
               f"{_fmt(r.get('step_s'), '.3f'):>8} {_fmt(r.get('peak_torch_gib'), '.2f'):>8}G {_fmt(r.get('peak_device_gib'), '.2f'):>7}G "
               f"{_fmt(r.get('setup_s'), '.2f'):>8} {_fmt(r.get('unet_load_s'), '.2f'):>7} "
               f"{_fmt(r.get('checkpointed_blocks'), 'd'):>5} {_fmt(r.get('log_lines'), 'd'):>5}")
         if not r["ok"] or "error" in r:
             print(f"    {r.get('error')}")
+        elif not r.get("samples_ok"):
+            print(f"    sampling after training failed: {', '.join(c for c in SAMPLE_CHECKS if not r.get(c))}")
     for row, why in skipped:
-        print(f"{row.name:<22} {'needs GPU':<8} {why}")
+        print(f"{row.name:<22} {'skipped':<8} {why}")
     print("\ncosine / rel.err: the tokens' gradient against float32 plain-tensor weights of the same values "
           f"(ok: cosine >= {MIN_COSINE}, relative error <= {MAX_RELATIVE_ERROR}); peak torch: torch's allocator; peak dev: "
           "the whole device (vbar memory included, sampled per step); setup s: node start to the first step (encode, "
-          "load, prepare); load s: UNETLoader; ckpt: blocks with activation checkpointing; logs: warning lines while training.")
+          "load, prepare); load s: UNETLoader; ckpt: blocks with activation checkpointing; logs: warning lines while training. "
+          "ok also needs the sampling after training: Apply Context changes the latent, strength 0 gives the plain "
+          "latent exactly, the MODEL samples the same after.")
 
 
 def run_benchmarks(args) -> None:
@@ -564,8 +610,12 @@ def main() -> int:
     args.cpu = args.dry_run
     args.size = args.size or (64 if args.dry_run else 512)
     rows = [ROW_BY_NAME[name] for name in args.rows] if args.rows else list(ROWS)
-    runnable = [row for row in rows if not (args.dry_run and row.needs_gpu)]
-    skipped = [(row, row.needs_gpu) for row in rows if args.dry_run and row.needs_gpu]
+    # ComfyUI exits at import when a flag's attention package is missing: say so instead.
+    missing = {row.name for row in rows if row.module and importlib.util.find_spec(row.module) is None}
+    runnable = [row for row in rows if not (args.dry_run and row.needs_gpu) and row.name not in missing]
+    skipped = [(row, f"needs a GPU: {row.needs_gpu}") for row in rows if args.dry_run and row.needs_gpu] + \
+              [(row, f"the {row.module} package is not installed") for row in rows if row.name in missing
+               and not (args.dry_run and row.needs_gpu)]
     width = 256 if args.dry_run else 2048
     # (no device query here: a CUDA context in this process would take VRAM from the rows)
     print(f"gpu_check: {'dry run on the CPU, small Anima (256 wide, 10 blocks)' if args.dry_run else 'CUDA, full Anima'}"
@@ -592,7 +642,7 @@ def main() -> int:
     if by_row.get("dynamic_fresh", {}).get("step_s") and by_row.get("checkpointing_on", {}).get("step_s"):
         print(f"\nstep with activation checkpointing / without: "
               f"{by_row['checkpointing_on']['step_s'] / by_row['dynamic_fresh']['step_s']:.3f}")
-    failed = [r["row"] for r in results if not (r["ok"] and r.get("agrees"))]
+    failed = [r["row"] for r in results if not (r["ok"] and r.get("agrees") and r.get("samples_ok"))]
     print(f"\n{len(results) - len(failed)} of {len(results)} rows ok" + (f"; not ok: {', '.join(failed)}" if failed else ""))
     return 0 if args.dry_run or not failed else 1
 

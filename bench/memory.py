@@ -63,7 +63,7 @@ def full_anima(device="meta", dtype=torch.bfloat16):
     from comfy_anima import anima_dit_config
 
     config = {k: v for k, v in anima_dit_config(FULL_WIDTH).items() if k != "image_model"}
-    config.update(num_blocks=FULL_BLOCKS, num_heads=FULL_HEADS)
+    assert (config["num_blocks"], config["num_heads"]) == (FULL_BLOCKS, FULL_HEADS)
     model = comfy.ldm.anima.model.Anima(**config, device=device, dtype=dtype, operations=comfy.ops.disable_weight_init)
     return model.requires_grad_(False)
 
@@ -75,17 +75,10 @@ def flash_like_attention(func, q, k, v, heads, mask=None, attn_precision=None, s
         b, _, inner = q.shape
         q, k, v = (t.view(b, -1, heads, inner // heads).transpose(1, 2) for t in (q, k, v))
     result = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v)
-    out, logsumexp = result[0], result[1]
-    for record in _ATTENTION_RECORDERS if q.shape[-2] == k.shape[-2] else ():
-        # checkpointed blocks keep their self-attention's outputs (activation_checkpoint.py)
-        record(out)
-        record(logsumexp)
+    out = result[0]
     if skip_output_reshape:
         return out
     return out.transpose(1, 2).reshape(out.shape[0], -1, heads * out.shape[-1])
-
-
-_ATTENTION_RECORDERS: list = []
 
 
 def _storage_key(tensor: torch.Tensor):
@@ -146,10 +139,6 @@ def measure(model, latent_side: int, batch: int, checkpointing: bool, device="me
                         pack(value)
         return hook
 
-    def keep_attention_output(tensor):
-        if checkpointing and torch.is_grad_enabled():
-            pack(tensor)
-
     def leave(module, args, output):
         where["block"] = None
 
@@ -158,14 +147,12 @@ def measure(model, latent_side: int, batch: int, checkpointing: bool, device="me
         handles.append(block.register_forward_pre_hook(enter(index), with_kwargs=True))
         handles.append(block.register_forward_hook(leave))
     run = forward or (lambda m, x_, s, c, o: m(x_, s, c, transformer_options=o))
-    _ATTENTION_RECORDERS.append(keep_attention_output)
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), checkpointed_blocks(blocks, checkpointing), \
                 _kernel_overrides():
             out = run(model, x, sigma, context, options)
         assert out.requires_grad, "the tokens did not reach the output"
     finally:
-        _ATTENTION_RECORDERS.remove(keep_attention_output)
         for handle in handles:
             handle.remove()
     per_block = [0] * len(blocks)

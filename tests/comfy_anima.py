@@ -8,14 +8,19 @@ import torch
 
 
 def anima_dit_config(model_channels: int) -> dict:
-    """The configuration ComfyUI's detection derives for an Anima state dict of this width."""
-    return dict(
+    """The configuration ComfyUI's detection derives for an Anima state dict of this width
+    (``comfy/model_detection.py``): 2048 wide is the released model, 28 blocks of 16 heads; any
+    other width keeps MiniTrainDIT's defaults (10 blocks)."""
+    config = dict(
         image_model="anima", max_img_h=240, max_img_w=240, max_frames=128, in_channels=16, out_channels=16,
         patch_spatial=2, patch_temporal=1, model_channels=model_channels, concat_padding_mask=True,
         crossattn_emb_channels=1024, pos_emb_cls="rope3d", pos_emb_learnable=True, pos_emb_interpolation="crop",
         min_fps=1, max_fps=30, use_adaln_lora=True, adaln_lora_dim=256, extra_per_block_abs_pos_emb=False,
         rope_h_extrapolation_ratio=4.0, rope_w_extrapolation_ratio=4.0, rope_t_extrapolation_ratio=1.0,
     )
+    if model_channels == 2048:
+        config.update(num_blocks=28, num_heads=16)
+    return config
 
 
 def random_anima_state_dict(model_channels: int = 256, seed: int = 0) -> dict:

@@ -341,3 +341,23 @@ def test_masked_node_trains_weights_the_loss_and_shows_the_loss_under_the_progre
         node.train(anima, FakeAnimaClip(), FakeWanVae(), image, training_mask=torch.zeros(1, 80, 64), **args)
     with pytest.raises(InvalidTrainingMaskError, match="size mismatch"), torch.inference_mode():
         node.train(anima, FakeAnimaClip(), FakeWanVae(), image, training_mask=torch.ones(1, 64, 64), **args)
+
+
+@pytest.mark.parametrize("width", [256, 2048])
+def test_the_random_checkpoints_have_every_weight_comfyuis_detection_expects(comfyui, width):
+    # The GPU check and the full-size benchmark load random_anima_state_dict(2048) through
+    # UNETLoader: a block the detected model has and the file lacks stays uninitialised (NaN).
+    import comfy.ldm.anima.model
+    import comfy.model_detection
+    import comfy.ops
+    from comfy_anima import anima_dit_config
+
+    config = {k: v for k, v in anima_dit_config(width).items() if k != "image_model"}
+    meta = comfy.ldm.anima.model.Anima(**config, device="meta", operations=comfy.ops.disable_weight_init)
+    state = meta.state_dict()
+    detected = comfy.model_detection.detect_unet_config(state, "")
+    assert detected["image_model"] == "anima"
+    assert {k: detected.get(k, config.get(k)) for k in config} == config
+    rebuilt = comfy.ldm.anima.model.Anima(**{k: v for k, v in detected.items() if k != "image_model"},
+                                          device="meta", operations=comfy.ops.disable_weight_init)
+    assert set(rebuilt.state_dict()) == set(state)
