@@ -84,3 +84,20 @@ def test_masks_training_seeds_and_saved_contexts(standin_world, tmp_path):
     for seed, context in saved.items():
         assert context["metadata"]["masked"] is True and context["metadata"]["seed"] == seed
     assert not torch.equal(saved[0]["tokens"], saved[5]["tokens"])
+
+    # --contexts applies the saved contexts instead of training: the same samples, nothing trained.
+    again = []
+    main(["--world", str(standin_world), "--out", str(tmp_path / "again"), "--characters", "h00", "--refs", "1",
+          "--train-seeds", "0,5", "--contexts", str(out / "contexts"), "--sample-steps", "2", "--seeds", "2",
+          "--threads", "1", "--classifier-standin", "--no-grid"], say=again.append)
+    reused = [json.loads(line[len("RESULT "):]) for line in again if line.startswith("RESULT ")]
+    measures = ("identity", "attributes", "background", "leak", "lift")
+    assert [{k: r[k] for k in measures} for r in reused] == [{k: r[k] for k in measures} for r in rows]
+    first, second = (json.loads((folder / "results.json").read_text())["rows"] for folder in (out, tmp_path / "again"))
+    assert [r["samples"] for r in second] == [r["samples"] for r in first]  # what the classifier read, per sample
+    assert [r["train_seconds"] for r in reused] == [saved[seed]["metadata"]["seconds"] for seed in (0, 5)]
+    with pytest.raises(SystemExit, match="h01_refs1_seed0.pt is missing"):
+        main(["--world", str(standin_world), "--out", str(tmp_path / "none"), "--characters", "h00,h01", "--refs", "1",
+              "--train-seeds", "0", "--contexts", str(out / "contexts"), "--classifier-standin", "--no-grid"],
+             say=lambda text: None)
+    assert not (tmp_path / "none").exists()  # refused before sampling anything

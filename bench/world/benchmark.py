@@ -184,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--classifier-standin", action="store_true",
                      help="a random classifier instead of the world's: for testing the mechanics only, the figures mean nothing")
     run.add_argument("--save-contexts", action="store_true", help="keep each trained context in OUT/contexts/ (for offline analysis)")
+    run.add_argument("--contexts", type=Path, default=None,
+                     help="apply the contexts an earlier --save-contexts run kept in this folder instead of training "
+                          "(for apply-time variants; train s is then the saved run's)")
     run.add_argument("--no-grid", action="store_true", help="skip grid.png (no decoding)")
     return p
 
@@ -206,6 +209,7 @@ def resolve(args, nodes) -> dict:
         "train_kwargs": args.train_kwargs,
         "masks": args.masks,
         "save_contexts": args.save_contexts,
+        "contexts": str(args.contexts) if args.contexts else None,
         "apply_kwargs": args.apply_kwargs,
         "sampler": args.sampler, "scheduler": args.scheduler, "sample_steps": args.sample_steps, "cfg": args.cfg,
         "threads": args.threads,
@@ -256,6 +260,21 @@ def train_inputs(character, references: list, prompt: str, seed: int, size: int,
     if settings.get("masks"):
         kwargs["training_mask"] = [as_mask(m) for m in reference_masks_for(character, len(references), size)]
     return {**kwargs, **settings["train_kwargs"]}
+
+
+def saved_context_name(character: str, n_refs: int, train_seed: int) -> str:
+    return f"{character}_refs{n_refs}_seed{train_seed}.pt"
+
+
+def load_saved_context(folder: Path, character: str, n_refs: int, train_seed: int):
+    """A context that ``--save-contexts`` kept, and its info."""
+    ReferenceContext = _alias("context").ReferenceContext  # the class the pack's nodes check for
+
+    path = folder / saved_context_name(character, n_refs, train_seed)
+    if not path.exists():
+        raise SystemExit(f"--contexts: {path} is missing (run with --save-contexts and the same characters, refs and seeds)")
+    saved = torch.load(path, weights_only=False)
+    return ReferenceContext(saved["tokens"], saved["metadata"]), saved.get("info", "")
 
 
 def true_renders(vae, character, background: str, count: int, size: int) -> torch.Tensor:
@@ -392,6 +411,11 @@ def run(settings: dict, world_meta: dict, nodes, model, clip, vae, classifier, o
             conditionings[text] = clip.encode_from_tokens_scheduled(clip.tokenize(text))
         return conditionings[text]
 
+    if settings.get("contexts"):  # every saved context up front, not after an hour of sampling
+        for name in settings["characters"]:
+            for n in settings["refs"]:
+                for train_seed in settings["train_seeds"]:
+                    load_saved_context(Path(settings["contexts"]), name, n, train_seed)
     rows, grid_rows, seeds = [], [], settings["seeds"]
     shown = min(GRID_SAMPLES, seeds)
     for character in [character_by_name(n) for n in settings["characters"]]:
@@ -408,10 +432,14 @@ def run(settings: dict, world_meta: dict, nodes, model, clip, vae, classifier, o
         references = references_for(character, max(settings["refs"]), size)
         for n in settings["refs"]:
             for train_seed in settings["train_seeds"]:
-                kwargs = train_inputs(character, references[:n], prompt_for(b_ref), train_seed, size, settings)
-                mark = time.perf_counter()
-                context, info, _plot = train_node.train(model, clip, vae, **kwargs)
-                train_seconds = time.perf_counter() - mark
+                if settings.get("contexts"):
+                    context, info = load_saved_context(Path(settings["contexts"]), character.name, n, train_seed)
+                    train_seconds = context.metadata.get("seconds", 0.0)
+                else:
+                    kwargs = train_inputs(character, references[:n], prompt_for(b_ref), train_seed, size, settings)
+                    mark = time.perf_counter()
+                    context, info, _plot = train_node.train(model, clip, vae, **kwargs)
+                    train_seconds = time.perf_counter() - mark
                 patched = apply_node.apply(model, context, **{"strength": 1.0, **settings["apply_kwargs"]})[0]
                 mark = time.perf_counter()
                 latents = sample_batch(patched, positive, negative, seeds, size, noise_seed, settings)
@@ -420,8 +448,8 @@ def run(settings: dict, world_meta: dict, nodes, model, clip, vae, classifier, o
                 meta = context.metadata
                 if settings.get("save_contexts"):
                     (out / "contexts").mkdir(parents=True, exist_ok=True)
-                    torch.save({"tokens": context.tokens, "metadata": meta},
-                               out / "contexts" / f"{character.name}_refs{n}_seed{train_seed}.pt")
+                    torch.save({"tokens": context.tokens, "metadata": meta, "info": info},
+                               out / "contexts" / saved_context_name(character.name, n, train_seed))
                 row = {"label": settings["label"], "character": character.name, "split": split, "n_refs": n, "train_seed": train_seed,
                        "reference_background": b_ref, "target_background": b_tgt, "true_identity": truth["identity"],
                        **{k: with_context[k] for k in ("identity", "attributes", "background", "leak")},
