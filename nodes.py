@@ -94,7 +94,7 @@ class AnimaFastTrainReferenceContext:
                 "activation_checkpointing": (list(CHECKPOINTING_CHOICES), {
                     "default": "auto",
                     "tooltip": "Recompute the DiT's activations in backward instead of keeping them: much less memory "
-                               "(a 12 GB card trains 1024 px with 3 references), about a third more time per step. "
+                               "(a 12 GB card trains 1024 px with 3 references), up to about 2x the time per step. "
                                "auto: only when training would not fit the GPU's free memory; never on the CPU."}),
             },
             # The node's id, to show the current loss under its progress bar.

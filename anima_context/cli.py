@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dtype", choices=list(COMPUTE_DTYPES), default="bfloat16",
                        help="compute dtype while training; tokens stay float32. On a CPU float32 is used (default: bfloat16).")
     train.add_argument("--activation-checkpointing", choices=list(CHECKPOINTING_CHOICES), default="auto",
-                       help="recompute the DiT's activations in backward: much less memory, about a third more time per "
+                       help="recompute the DiT's activations in backward: much less memory, up to about 2x the time per "
                             "step; auto: only when training would not fit the GPU's free memory, never on a CPU (default: auto).")
     train.add_argument("--loss-plot", metavar="FILE.png", help="optional: also save the loss and reference-fit curves as a PNG.")
     train.set_defaults(run=run_train)
