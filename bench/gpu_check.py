@@ -610,12 +610,18 @@ def main() -> int:
     args.cpu = args.dry_run
     args.size = args.size or (64 if args.dry_run else 512)
     rows = [ROW_BY_NAME[name] for name in args.rows] if args.rows else list(ROWS)
-    # ComfyUI exits at import when a flag's attention package is missing: say so instead.
-    missing = {row.name for row in rows if row.module and importlib.util.find_spec(row.module) is None}
-    runnable = [row for row in rows if not (args.dry_run and row.needs_gpu) and row.name not in missing]
-    skipped = [(row, f"needs a GPU: {row.needs_gpu}") for row in rows if args.dry_run and row.needs_gpu] + \
-              [(row, f"the {row.module} package is not installed") for row in rows if row.name in missing
-               and not (args.dry_run and row.needs_gpu)]
+
+    def skip_reason(row: Row) -> str:
+        if args.dry_run and row.needs_gpu:
+            return f"needs a GPU: {row.needs_gpu}"
+        if row.module and importlib.util.find_spec(row.module) is None:
+            # ComfyUI exits at import when a flag's attention package is missing: say so instead.
+            return f"the {row.module} package is not installed"
+        return ""
+
+    reasons = {row.name: skip_reason(row) for row in rows}
+    runnable = [row for row in rows if not reasons[row.name]]
+    skipped = [(row, reasons[row.name]) for row in rows if reasons[row.name]]
     width = 256 if args.dry_run else 2048
     # (no device query here: a CUDA context in this process would take VRAM from the rows)
     print(f"gpu_check: {'dry run on the CPU, small Anima (256 wide, 10 blocks)' if args.dry_run else 'CUDA, full Anima'}"
