@@ -124,7 +124,8 @@ class AnimaFastTrainMaskedReferenceContext(AnimaFastTrainReferenceContext):
     DESCRIPTION = (
         "Like Train Context Tokens, with a training_mask that weights the loss per pixel: the tokens learn the "
         "character (white) and not the background (black). One mask for all references or one per reference. "
-        "With a cut-out it draws the character more often than the plain node (identity benchmark, README)."
+        "On the identity benchmark a cut-out keeps less of the references' background in new scenes from one reference, "
+        "but the character is drawn less often than with the plain node (README)."
     )
     SEARCH_ALIASES = ["mask train", "masked train", "mask train context tokens", "train context tokens", "context tokens",
                       "character", "identity", "reference", "mask", "cut-out"]

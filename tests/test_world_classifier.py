@@ -1,0 +1,91 @@
+"""The world classifier's split-background pictures (bench/world/classifier.py) and how the benchmark
+scores a blend of two scenes: plain torch, no ComfyUI needed."""
+
+from __future__ import annotations
+
+import torch
+
+from bench.world import characters as world
+from bench.world.benchmark import AS_PROMPTED_SHARE, LEAK_SHARE, score
+from bench.world.build import render_set
+from bench.world.classifier import same_pose_partners, split_backgrounds, train_classifier
+
+
+def test_partners_are_the_same_character_and_pose_on_each_background():
+    cast, seeds = world.CHARACTERS[:3], range(3)
+    pictures, labels = render_set(cast, seeds, 64, 1)
+    partners = same_pose_partners(len(cast), len(world.BACKGROUNDS), len(seeds), offset=5)
+    assert partners.shape == (len(pictures), len(world.BACKGROUNDS))
+    for i in range(len(pictures)):
+        for b in range(len(world.BACKGROUNDS)):
+            j = int(partners[i, b]) - 5
+            assert int(labels[j, 5]) == b and torch.equal(labels[j, :5], labels[i, :5])
+            assert j % len(seeds) == i % len(seeds)  # the same seed: the same pose (characters.jitter_for)
+
+
+def test_split_pictures_take_each_row_from_the_picture_its_label_says():
+    generator = torch.Generator().manual_seed(0)
+    flat = torch.randn(12, 16, 8, 8, generator=generator)
+    partners = same_pose_partners(1, len(world.BACKGROUNDS), 2)
+    index = torch.arange(12)
+    background = torch.tensor([b for b in range(len(world.BACKGROUNDS)) for _ in range(2)])
+    joined, soft = split_backgrounds(flat[index], background, partners[index], flat, 1.0, generator)
+    assert torch.allclose(soft.sum(dim=1), torch.ones(12))
+    for k in range(12):
+        own_rows = (joined[k] == flat[k]).all(dim=(0, 2))
+        other = [b for b in range(len(world.BACKGROUNDS)) if b != int(background[k]) and soft[k, b] > 0]
+        assert len(other) == 1  # one other scene, never the picture's own
+        partner_rows = (joined[k] == flat[int(partners[k, other[0]])]).all(dim=(0, 2))
+        assert bool((own_rows | partner_rows).all()) and 0 < int(own_rows.sum()) < 8
+        assert float(soft[k, int(background[k])]) == own_rows.float().mean().item()
+        # one band each: the rows of a scene are contiguous, at the top or at the bottom
+        first_own = own_rows.int().argmax().item()
+        assert own_rows[first_own:first_own + int(own_rows.sum())].all() and (first_own == 0 or own_rows[-1])
+
+    untouched, hard = split_backgrounds(flat[index], background, partners[index], flat, 0.0, generator)
+    assert torch.equal(untouched, flat) and torch.equal(hard.argmax(dim=1), background) and hard.max() == 1
+
+
+def test_training_on_split_pictures_reads_each_scenes_share():
+    """Six 'scenes' that differ in their latents: a classifier trained with split pictures gives a
+    half-and-half picture about half to each scene, and a pure one nearly all to its own."""
+    generator = torch.Generator().manual_seed(1)
+    backgrounds, seeds = len(world.BACKGROUNDS), 20
+    scene = torch.randn(backgrounds, 16, 1, 1, generator=generator) * 2
+    latents = scene.repeat_interleave(seeds, 0).expand(-1, 16, 8, 8) + 0.3 * torch.randn(backgrounds * seeds, 16, 8, 8, generator=generator)
+    latents = latents[:, :, None]
+    targets = torch.zeros(backgrounds * seeds, 6, dtype=torch.long)
+    targets[:, 5] = torch.arange(backgrounds).repeat_interleave(seeds)
+    model = train_classifier(latents, targets, steps=300, seed=0, log=lambda *_: None, batch=64, width=16,
+                             partners=same_pose_partners(1, backgrounds, seeds), split_share=0.5)
+    pure = model.classify(latents[::seeds])["background_shares"]
+    assert (pure.diagonal() > 0.85).all()
+    half = latents[0:1].clone()
+    half[..., 4:, :] = latents[seeds:seeds + 1][..., 4:, :]
+    shares = model.classify(half)["background_shares"][0]
+    assert 0.25 < float(shares[0]) < 0.75 and 0.25 < float(shares[1]) < 0.75
+
+
+class _Reads:
+    """A classifier stand-in that reads every latent as the given attributes and scene shares."""
+
+    def __init__(self, attributes, shares):
+        self.attributes, self.shares = torch.tensor(attributes), torch.tensor(shares)
+
+    def classify(self, latents):
+        return {"attributes": self.attributes, "background": self.shares.argmax(dim=1), "background_shares": self.shares}
+
+
+def test_a_blend_of_the_asked_and_the_reference_scene_counts_as_a_leak_not_as_the_asked_background():
+    character = world.HELD_OUT[0]
+    truth = list(world.attribute_vector(character))
+    asked, reference = world.BACKGROUNDS[3], world.BACKGROUNDS[0]
+    shares = [[0.0] * len(world.BACKGROUNDS) for _ in range(3)]
+    shares[0][3] = 1.0  # all the asked scene
+    shares[1][3], shares[1][0] = 0.6, 0.4  # mostly asked, but the reference's scene shows: read as "asked" by argmax
+    shares[2][3], shares[2][0] = AS_PROMPTED_SHARE, 1 - AS_PROMPTED_SHARE  # the edge: counts as asked and as a leak
+    result = score(_Reads([truth] * 3, shares), torch.zeros(3, 16, 1, 8, 8), character, asked, reference)
+    assert result["background_hits"] == [True, False, True]
+    assert result["predicted_background"] == [3, 3, 3]
+    assert result["leak"] == round(2 / 3, 4) and LEAK_SHARE <= 1 - AS_PROMPTED_SHARE
+    assert result["identity"] == 1.0
