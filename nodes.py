@@ -69,7 +69,8 @@ class AnimaFastTrainReferenceContext:
                 "training_prompt": ("STRING", {
                     "multiline": True,
                     "default": "1girl, solo, anime illustration",
-                    "tooltip": "A prompt describing the references; the tokens learn what it leaves out.",
+                    "tooltip": "A prompt describing the references, their background included; the tokens learn what it leaves "
+                               "out. Name that background in the negative prompt when you sample another scene.",
                 }),
                 # "fixed", not the frontend's default "randomize" for a seed: a new seed each queue would retrain.
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": "fixed",
@@ -149,7 +150,8 @@ class AnimaFastTrainMaskedReferenceContext(AnimaFastTrainReferenceContext):
 class AnimaFastTrainApplyContext:
     DESCRIPTION = (
         "Returns a copy of the MODEL whose every DiT block's cross-attention also attends to that block's "
-        "trained context tokens while sampling. The input MODEL is not changed."
+        "trained context tokens while sampling. The input MODEL is not changed. For a scene other than the "
+        "references', name their background in the negative prompt, or it tends to come along."
     )
     CATEGORY = CATEGORY
     FUNCTION = "apply"

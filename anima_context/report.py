@@ -27,6 +27,8 @@ def format_info(context: ReferenceContext, initial_tokens: torch.Tensor, timings
         f"{token_norm(initial_tokens):.3f} before, {token_norm(context.tokens):.3f} after",
         f"references: {meta['reference_count']} ({sizes})" + (", loss weighted by the training mask" if meta.get("masked") else ""),
         "time: " + ", ".join(f"{name} {seconds:.2f}s" for name, seconds in timings.items()),
+        # On the identity benchmark this keeps the references' scene out of new ones (README).
+        "for another scene: name the references' background in the negative prompt too",
     ]
     if "checkpointed_blocks" in meta:
         lines.append(checkpointing_line(meta["activation_checkpointing"], meta["checkpointed_blocks"], meta["num_blocks"]))

@@ -378,6 +378,7 @@ def test_train_prints_progress_and_info_and_writes_a_loadable_context(trained_fi
     lines = result.stdout.splitlines()
     assert "step 1/2" in lines and any(line.startswith("step 2/2  loss ") for line in lines)
     assert "reference fit" in result.stdout and "references: 1 (64x80)" in result.stdout
+    assert "for another scene: name the references' background in the negative prompt too" in lines
     assert lines[-1].startswith(f"saved {folder / 'ctx.safetensors'}")
     context = load_context(folder / "ctx.safetensors")
     assert context.tokens.shape == (10, 4, 1024) and context.metadata["steps"] == 2

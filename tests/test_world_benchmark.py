@@ -13,8 +13,9 @@ import pytest
 from conftest import REPO
 from PIL import Image
 
-from bench.world import grid
+from bench.world import benchmark, grid
 from bench.world.benchmark import GRID_SAMPLES, WORLD_FILES, correlations, main, spearman
+from bench.world.characters import prompt_for
 
 DEMO_FILES = {"unet": "diffusion_models/anima_demo_dit.safetensors", "clip": "text_encoders/anima_demo_qwen3_06b.safetensors",
               "vae": "vae/anima_demo_vae.safetensors"}
@@ -67,7 +68,15 @@ def test_quick_benchmark_prints_the_table_and_writes_the_grid(standin_world, tmp
                             grid.HEADER + 4 * (side + grid.CAPTION + 4))  # rows: h00, h01 x refs 1, 3
 
 
-def test_masks_training_seeds_and_saved_contexts(standin_world, tmp_path):
+def _recording(function, calls: list):
+    """``function``, keeping what each call returns in ``calls``."""
+    def wrapper(*args, **kwargs):
+        calls.append(function(*args, **kwargs))
+        return calls[-1]
+    return wrapper
+
+
+def test_masks_training_seeds_and_saved_contexts(standin_world, tmp_path, monkeypatch):
     import torch
 
     lines = []
@@ -96,6 +105,23 @@ def test_masks_training_seeds_and_saved_contexts(standin_world, tmp_path):
     first, second = (json.loads((folder / "results.json").read_text())["rows"] for folder in (out, tmp_path / "again"))
     assert [r["samples"] for r in second] == [r["samples"] for r in first]  # what the classifier read, per sample
     assert [r["train_seconds"] for r in reused] == [saved[seed]["metadata"]["seconds"] for seed in (0, 5)]
+
+    # The sampler's negative prompt names the references' scene by default, and is empty with --negative empty.
+    negatives, plain = {}, {}
+    real_negative, real_sampler = benchmark.negative_prompt, benchmark.sample_batch
+    for choice in ("reference-scene", "empty"):
+        texts, latents = [], []
+        monkeypatch.setattr(benchmark, "negative_prompt", _recording(real_negative, texts))
+        monkeypatch.setattr(benchmark, "sample_batch", _recording(real_sampler, latents))
+        options = [] if choice == "reference-scene" else ["--negative", "empty"]
+        main(["--world", str(standin_world), "--out", str(tmp_path / choice), "--characters", "h00", "--refs", "1",
+              "--train-seeds", "0", "--contexts", str(out / "contexts"), "--sample-steps", "2", "--seeds", "2",
+              "--threads", "1", "--classifier-standin", "--no-grid", *options], say=lambda text: None)
+        negatives[choice], plain[choice] = texts, latents[0]
+    scene = json.loads((tmp_path / "empty" / "results.json").read_text())["rows"][0]["reference_background"]
+    assert negatives == {"reference-scene": [prompt_for(scene)], "empty": [""]}
+    assert not torch.equal(plain["reference-scene"], plain["empty"])  # the plain model's samples changed with it
+
     with pytest.raises(SystemExit, match="h01_refs1_seed0.pt is missing"):
         main(["--world", str(standin_world), "--out", str(tmp_path / "none"), "--characters", "h00,h01", "--refs", "1",
               "--train-seeds", "0", "--contexts", str(out / "contexts"), "--classifier-standin", "--no-grid"],

@@ -89,3 +89,18 @@ def test_a_blend_of_the_asked_and_the_reference_scene_counts_as_a_leak_not_as_th
     assert result["predicted_background"] == [3, 3, 3]
     assert result["leak"] == round(2 / 3, 4) and LEAK_SHARE <= 1 - AS_PROMPTED_SHARE
     assert result["identity"] == 1.0
+
+
+def test_both_counts_only_the_character_in_the_asked_scene():
+    # Identity and background are each right in half the samples, but never together: "both" is 0, not 0.25 or 0.5.
+    character = world.HELD_OUT[0]
+    truth = list(world.attribute_vector(character))
+    wrong = [(v + 1) % len(world.ATTRIBUTES[name]) for v, name in zip(truth, world.ATTRIBUTES)]
+    asked, reference = world.BACKGROUNDS[3], world.BACKGROUNDS[0]
+    in_asked = [1.0 if b == 3 else 0.0 for b in range(len(world.BACKGROUNDS))]
+    in_reference = [1.0 if b == 0 else 0.0 for b in range(len(world.BACKGROUNDS))]
+    reads = _Reads([truth, wrong, truth, wrong], [in_reference, in_asked, in_reference, in_asked])
+    result = score(reads, torch.zeros(4, 16, 1, 8, 8), character, asked, reference)
+    assert (result["identity"], result["background"], result["both"]) == (0.5, 0.5, 0.0)
+    result = score(_Reads([truth, wrong], [in_asked, in_asked]), torch.zeros(2, 16, 1, 8, 8), character, asked, reference)
+    assert (result["identity"], result["background"], result["both"]) == (0.5, 1.0, 0.5)

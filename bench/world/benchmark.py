@@ -54,7 +54,7 @@ NOISE_SEED, REFERENCE_SEED_STRIDE = 1000, 100
 TRUTH_SEEDS = 50_000  # fresh renders of each character on the asked background: the classifier's ceiling
 AS_PROMPTED_SHARE = 0.75  # the asked scene fills at least three quarters of the picture (classifier.py)
 LEAK_SHARE = 0.25  # the references' scene fills at least a quarter
-METRICS = ("true_identity", "identity", "attributes", "background", "leak", "plain_identity", "plain_attributes", "plain_background",
+METRICS = ("true_identity", "identity", "attributes", "background", "leak", "both", "plain_identity", "plain_attributes", "plain_background",
            "plain_leak", "train_seconds", "lift")
 
 
@@ -180,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--scheduler", default="simple")
     sample.add_argument("--sample-steps", type=int, default=12)
     sample.add_argument("--cfg", type=float, default=3.0)
+    sample.add_argument("--negative", choices=("reference-scene", "empty"), default="reference-scene",
+                        help="the negative prompt: the training prompt, which names the references' scene, as the README "
+                             "advises (default), or empty (the first four rounds)")
     run = p.add_argument_group("running")
     run.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     run.add_argument("--comfyui", default=None, help="ComfyUI folder (default $COMFYUI_PATH)")
@@ -215,6 +218,7 @@ def resolve(args, nodes) -> dict:
         "contexts": str(args.contexts) if args.contexts else None,
         "apply_kwargs": args.apply_kwargs,
         "sampler": args.sampler, "scheduler": args.scheduler, "sample_steps": args.sample_steps, "cfg": args.cfg,
+        "negative": args.negative,
         "threads": args.threads,
         "classifier": "random stand-in" if args.classifier_standin else "world",
     }
@@ -286,6 +290,11 @@ def true_renders(vae, character, background: str, count: int, size: int) -> torc
     return torch.cat([vae.encode(as_image(render(character, background, first + k, size=size))) for k in range(count)])
 
 
+def negative_prompt(choice: str, b_ref: str) -> str:
+    """The sampler's negative prompt: the training prompt, which names the references' scene (README), or empty."""
+    return prompt_for(b_ref) if choice == "reference-scene" else ""
+
+
 def sample_batch(model, positive, negative, count: int, size: int, seed: int, settings: dict) -> torch.Tensor:
     """KSampler on an empty latent batch (``sampling.sample``): raw latents [B, 16, 1, h, w]."""
     from bench.world.sampling import sample
@@ -310,6 +319,7 @@ def score(classifier, latents: torch.Tensor, character, b_tgt: str, b_ref: str) 
         "attributes": round(matches.float().mean().item(), 4),
         "background": round(as_prompted.float().mean().item(), 4),
         "leak": round(leaked.float().mean().item(), 4),
+        "both": round((identity & as_prompted).float().mean().item(), 4),  # the character, in the asked scene
         "identity_hits": identity.tolist(),
         "background_hits": as_prompted.tolist(),
         "predicted_attributes": attributes.tolist(),
@@ -374,7 +384,8 @@ def summaries(rows: list[dict], settings: dict, corr: dict) -> list[dict]:
             out.append({"label": settings["label"], "split": split, "n_refs": n, "characters": len({r["character"] for r in group}),
                         "trainings": len(group), **means, **corr,
                         "seeds": settings["seeds"], "train": settings["train"], "train_kwargs": settings["train_kwargs"],
-                        "apply_kwargs": settings["apply_kwargs"], "classifier": settings["classifier"]})
+                        "apply_kwargs": settings["apply_kwargs"], "negative": settings.get("negative"),
+                        "classifier": settings["classifier"]})
     return out
 
 
@@ -382,8 +393,8 @@ def _pct(value) -> str:
     return f"{100 * value:5.0f}" if isinstance(value, (int, float)) else "    -"
 
 
-COLUMNS = ("true_identity", "identity", "attributes", "background", "leak", "plain_identity", "plain_background")
-HEADS = ("true.id%", "ident%", "attr%", "bg%", "leak%", "pl.id%", "pl.bg%")
+COLUMNS = ("true_identity", "identity", "attributes", "background", "leak", "both", "plain_identity", "plain_background")
+HEADS = ("true.id%", "ident%", "attr%", "bg%", "leak%", "both%", "pl.id%", "pl.bg%")
 
 
 def table(rows: list[dict], sums: list[dict]) -> str:
@@ -432,7 +443,8 @@ def run(settings: dict, world_meta: dict, nodes, model, clip, vae, classifier, o
         i = character_id(character)
         b_ref, b_tgt = backgrounds_for(character)
         split = "held_out" if character.held_out else "training"
-        positive, negative = encode(prompt_for(b_tgt)), encode("")
+        positive = encode(prompt_for(b_tgt))
+        negative = encode(negative_prompt(settings.get("negative", "reference-scene"), b_ref))
         noise_seed = NOISE_SEED + i
         plain_latents = sample_batch(model, positive, negative, seeds, size, noise_seed, settings)
         plain = score(classifier, plain_latents, character, b_tgt, b_ref)
@@ -462,13 +474,13 @@ def run(settings: dict, world_meta: dict, nodes, model, clip, vae, classifier, o
                                out / "contexts" / saved_context_name(character.name, n, train_seed))
                 row = {"label": settings["label"], "character": character.name, "split": split, "n_refs": n, "train_seed": train_seed,
                        "reference_background": b_ref, "target_background": b_tgt, "true_identity": truth["identity"],
-                       **{k: with_context[k] for k in ("identity", "attributes", "background", "leak")},
+                       **{k: with_context[k] for k in ("identity", "attributes", "background", "leak", "both")},
                        **{f"plain_{k}": plain[k] for k in ("identity", "attributes", "background", "leak")},
                        "train_seconds": train_seconds, "sample_seconds": sample_seconds, "lift": meta.get("lift"),
                        "final_loss": meta.get("final_loss")}
                 rows.append({**row, "info": info, "probe": meta.get("probe"), "lift_curve": meta.get("lift_curve"),
                              "samples": {k: with_context[k] for k in with_context if k not in row},
-                             "plain_samples": {k: plain[k] for k in plain if k not in ("identity", "attributes", "background", "leak")}})
+                             "plain_samples": {k: plain[k] for k in plain if k not in ("identity", "attributes", "background", "leak", "both")}})
                 say(f"[{time.perf_counter() - started:7.1f}s] {character.name} refs={n} seed={train_seed}: identity {_pct(row['identity']).strip()}% "
                     f"(plain {_pct(row['plain_identity']).strip()}%), background {_pct(row['background']).strip()}% "
                     f"leak {_pct(row['leak']).strip()}%, train {train_seconds:.1f}s, sample {sample_seconds:.1f}s")
