@@ -384,7 +384,7 @@ def summaries(rows: list[dict], settings: dict, corr: dict) -> list[dict]:
             out.append({"label": settings["label"], "split": split, "n_refs": n, "characters": len({r["character"] for r in group}),
                         "trainings": len(group), **means, **corr,
                         "seeds": settings["seeds"], "train": settings["train"], "train_kwargs": settings["train_kwargs"],
-                        "apply_kwargs": settings["apply_kwargs"], "negative": settings.get("negative"),
+                        "apply_kwargs": settings["apply_kwargs"], "negative": settings["negative"],
                         "classifier": settings["classifier"]})
     return out
 
@@ -444,7 +444,7 @@ def run(settings: dict, world_meta: dict, nodes, model, clip, vae, classifier, o
         b_ref, b_tgt = backgrounds_for(character)
         split = "held_out" if character.held_out else "training"
         positive = encode(prompt_for(b_tgt))
-        negative = encode(negative_prompt(settings.get("negative", "reference-scene"), b_ref))
+        negative = encode(negative_prompt(settings["negative"], b_ref))
         noise_seed = NOISE_SEED + i
         plain_latents = sample_batch(model, positive, negative, seeds, size, noise_seed, settings)
         plain = score(classifier, plain_latents, character, b_tgt, b_ref)
