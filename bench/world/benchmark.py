@@ -54,8 +54,8 @@ NOISE_SEED, REFERENCE_SEED_STRIDE = 1000, 100
 TRUTH_SEEDS = 50_000  # fresh renders of each character on the asked background: the classifier's ceiling
 AS_PROMPTED_SHARE = 0.75  # the asked scene fills at least three quarters of the picture (classifier.py)
 LEAK_SHARE = 0.25  # the references' scene fills at least a quarter
-METRICS = ("true_identity", "identity", "attributes", "background", "leak", "both", "plain_identity", "plain_attributes", "plain_background",
-           "plain_leak", "train_seconds", "lift")
+SCORES = ("identity", "attributes", "background", "leak", "both")  # score()'s rates, with and without the context
+METRICS = ("true_identity", *SCORES, *(f"plain_{k}" for k in SCORES), "train_seconds", "lift")
 
 
 # ---- the pack and ComfyUI ----
@@ -474,13 +474,13 @@ def run(settings: dict, world_meta: dict, nodes, model, clip, vae, classifier, o
                                out / "contexts" / saved_context_name(character.name, n, train_seed))
                 row = {"label": settings["label"], "character": character.name, "split": split, "n_refs": n, "train_seed": train_seed,
                        "reference_background": b_ref, "target_background": b_tgt, "true_identity": truth["identity"],
-                       **{k: with_context[k] for k in ("identity", "attributes", "background", "leak", "both")},
-                       **{f"plain_{k}": plain[k] for k in ("identity", "attributes", "background", "leak")},
+                       **{k: with_context[k] for k in SCORES},
+                       **{f"plain_{k}": plain[k] for k in SCORES},
                        "train_seconds": train_seconds, "sample_seconds": sample_seconds, "lift": meta.get("lift"),
                        "final_loss": meta.get("final_loss")}
                 rows.append({**row, "info": info, "probe": meta.get("probe"), "lift_curve": meta.get("lift_curve"),
                              "samples": {k: with_context[k] for k in with_context if k not in row},
-                             "plain_samples": {k: plain[k] for k in plain if k not in ("identity", "attributes", "background", "leak", "both")}})
+                             "plain_samples": {k: plain[k] for k in plain if k not in SCORES}})
                 say(f"[{time.perf_counter() - started:7.1f}s] {character.name} refs={n} seed={train_seed}: identity {_pct(row['identity']).strip()}% "
                     f"(plain {_pct(row['plain_identity']).strip()}%), background {_pct(row['background']).strip()}% "
                     f"leak {_pct(row['leak']).strip()}%, train {train_seconds:.1f}s, sample {sample_seconds:.1f}s")

@@ -45,7 +45,7 @@ class WorldConfig:
     vae_steps: int = 2500
     vae_batch: int = 16
     classifier_steps: int = 9000
-    classifier_width: int = 128  # 120 seeds, 9000 steps, width 128: fresh identity 94.6% (40, 3000, 96: 82.5%)
+    classifier_width: int = 128  # 120 seeds, 9000 steps, width 128, split: fresh identity 93.5% (40, 3000, 96: 82.5%)
     classifier_split: float = 0.5  # share of each batch on two backgrounds split by rows (classifier.py)
     dit_steps: int = 2200
     dit_batch: int = 64
