@@ -87,3 +87,51 @@ def test_smoke_build_loads_in_comfyui(comfy, tmp_path):
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     build.Builder(out, build.SCALES["smoke"], log=lambda _: None).build()
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_the_dit_also_trains_on_the_extras_and_a_brought_vae_encodes_the_pictures(comfy, tmp_path):
+    """The extra combinations reach the DiT's data; a build given only another build's VAE, classifier and
+    record (as a GPU build is) renders and encodes its training latents itself, as the VAE stage would have."""
+    import shutil
+    from dataclasses import replace
+
+    from bench.world import build
+
+    smoke = build.SCALES["smoke"]
+    first = build.Builder(tmp_path / "a", smoke, log=lambda _: None).build()
+    raw, labels = torch.load(first / "data" / "extra_latents.pt")
+    extras = world.EXTRAS[:smoke.extras]
+    assert len(raw) == len(labels) == smoke.extras * len(world.BACKGROUNDS) * smoke.extra_seeds
+    assert {tuple(row[:5].tolist()) for row in labels} == {world.attribute_vector(x) for x in extras}
+
+    second = tmp_path / "b"
+    (second / "vae").mkdir(parents=True)
+    shutil.copy(first / build.VAE_FILE, second / build.VAE_FILE)
+    for name in ("classifier.pt", "world.json"):
+        shutil.copy(first / name, second / name)
+    lines = []
+    build.Builder(second, replace(smoke, dit_steps=4), log=lines.append).build()
+    assert "[vae]" not in lines and "[classifier]" not in lines and "[dit]" in lines
+    assert torch.allclose(torch.load(second / "data" / "train_latents.pt")[0], torch.load(first / "data" / "train_latents.pt")[0], atol=1e-4)
+    assert torch.equal(torch.load(second / "data" / "extra_latents.pt")[0], raw)
+    assert (second / build.DIT_FILE).is_file()
+
+
+def test_a_world_built_before_a_setting_existed_is_not_rebuilt(tmp_path):
+    """A folder recorded before per-stage records, and before ``extras`` existed, counts as built with the
+    settings' defaults: adding a setting does not retrain a 45-minute DiT."""
+    from dataclasses import asdict
+
+    from bench.world import build
+
+    config = build.WorldConfig()
+    old = {k: v for k, v in asdict(config).items() if k not in ("extras", "extra_seeds")}
+    (tmp_path / "world.json").write_text(json.dumps({"config": old}))
+    (tmp_path / "made.bin").write_bytes(b"")
+    made = []
+    builder = build.Builder(tmp_path, config, log=lambda _: None)
+    builder._stage("dit", tmp_path / "made.bin", made.append)
+    assert made == []
+    changed = build.Builder(tmp_path, build.replace(config, extras=480), log=lambda _: None)
+    changed._stage("dit", tmp_path / "made.bin", lambda path: made.append(path))
+    assert made == [tmp_path / "made.bin"]

@@ -152,3 +152,18 @@ def test_render_mask_covers_exactly_what_the_character_changes_in_the_picture():
     assert (mask[changed] > 0).mean() > 0.97  # the character's pixels are in the mask
     assert changed[mask > 250].mean() > 0.9  # and the mask's solid part is the character
     assert mask[~changed & (mask > 0)].mean() < mask[changed].mean()  # edges are soft, not spread
+
+
+def test_extras_are_new_combinations_that_keep_the_held_out_characters_unseen():
+    from bench.world import characters as world
+
+    extras = world.make_extras()
+    assert extras == world.EXTRAS  # deterministic
+    combos = [x.values for x in extras]
+    assert len(set(combos)) == len(combos) == world.N_EXTRAS
+    assert not set(combos) & {t.values for t in world.TRAINING}
+    assert min(world.distance(x, h.values) for x in combos for h in world.HELD_OUT) >= world.MIN_DISTANCE
+    for i, values in enumerate(world.ATTRIBUTES.values()):  # every value drawn in many companies
+        assert {x[i] for x in combos} == set(values)
+    assert world.character_by_name(extras[7].name) == extras[7]
+    assert not extras[7].held_out

@@ -3,6 +3,7 @@ command that keeps what it has done (rerun it after an interruption and it goes 
 
     COMFYUI_PATH=... python -m bench.world.build --out bench/world/cache      # ~60 min on 2 CPU cores
     COMFYUI_PATH=... python -m bench.world.build --out /tmp/w --scale smoke   # seconds (the tests run it)
+    COMFYUI_PATH=... python -m bench.world.build --out /tmp/g --device cuda --threads 16 --dit-batch 256   # the DiT on a GPU
 
 The folder is a ComfyUI model set plus the benchmark's extras:
 ``diffusion_models/world_anima.safetensors`` (UNETLoader), ``text_encoders/anima_demo_qwen3_06b.safetensors``
@@ -40,6 +41,8 @@ class WorldConfig:
     dit_width: int = 384  # 16 heads (ComfyUI's detection): head_dim 24 leaves rope 4 pairs per image axis
     vae_dim: int = 8
     seeds_per_pair: int = 80  # training pictures per (training character, background)
+    extras: int = 0  # further combinations the DiT trains on (characters.EXTRAS; README: 480 did not pay)
+    extra_seeds: int = 4  # pictures per (extra, background): 480 extras have as many pictures as the named characters
     classifier_seeds: int = 120  # classifier pictures per (character, background), all 30 characters
     check_seeds: int = 4  # fresh pictures per (character, background) to check the classifier
     vae_steps: int = 2500
@@ -61,17 +64,18 @@ STAGE_SETTINGS = {
     "render": ("image_size", "seeds_per_pair"),
     "vae": ("vae_dim", "vae_steps", "vae_batch"),
     "text encoder": (),
+    "extras": ("extras", "extra_seeds"),
     "dit": ("dit_width", "dit_steps", "dit_batch", "dit_lr"),
     "classifier": ("classifier_seeds", "check_seeds", "classifier_steps", "classifier_width", "classifier_split"),
     "samples": ("samples_per_background", "sample_steps"),
 }
-STAGE_NEEDS = {"render": (), "vae": ("render",), "text encoder": (), "dit": ("vae", "text encoder"),
+STAGE_NEEDS = {"render": (), "vae": ("render",), "text encoder": (), "extras": ("vae",), "dit": ("vae", "text encoder", "extras"),
                "classifier": ("vae",), "samples": ("dit", "classifier")}
 
 SCALES = {
     "full": WorldConfig(),
     "smoke": WorldConfig(dit_width=256, vae_dim=8, seeds_per_pair=1, classifier_seeds=1, check_seeds=1, vae_steps=2,
-                         vae_batch=4, classifier_steps=2, classifier_width=8, dit_steps=3, dit_batch=4,
+                         vae_batch=4, extras=2, extra_seeds=1, classifier_steps=2, classifier_width=8, dit_steps=3, dit_batch=4,
                          samples_per_background=1, sample_steps=2),
 }
 
@@ -103,8 +107,9 @@ def to_image(pictures: torch.Tensor) -> torch.Tensor:
 
 
 class Builder:
-    def __init__(self, out: Path, config: WorldConfig, log=print):
+    def __init__(self, out: Path, config: WorldConfig, log=print, device: str = "cpu"):
         self.out, self.config, self.log = Path(out), config, log
+        self.device = torch.device(device)  # where the DiT trains; everything else runs on the CPU
         self.data = self.out / "data"
         self.data.mkdir(parents=True, exist_ok=True)
         self.record = self._read_record()
@@ -135,8 +140,10 @@ class Builder:
 
     def _stage(self, name: str, path: Path, make):
         wanted = self.stage_settings(name)
-        # a folder from before per-stage records: its one "config" stands for every stage
-        built = self.record["stage_settings"].get(name) or {k: self.record.get("config", {}).get(k) for k in wanted}
+        # a folder from before per-stage records: its one "config" stands for every stage, and a setting added
+        # since then had its default value
+        defaults = asdict(WorldConfig())
+        built = self.record["stage_settings"].get(name) or {k: self.record.get("config", {}).get(k, defaults[k]) for k in wanted}
         if path.is_file() and built == wanted:
             return
         if path.is_file():
@@ -157,6 +164,7 @@ class Builder:
             render_set(world.TRAINING, range(c.seeds_per_pair), c.image_size, c.threads), p))
         self._stage("vae", self.out / VAE_FILE, self._make_vae)
         self._stage("text encoder", self.out / TEXT_ENCODER_FILE, self._make_text_encoder)
+        self._stage("extras", self.data / "extra_latents.pt", self._make_extras)
         self._stage("dit", self.out / DIT_FILE, self._make_dit)
         self._stage("classifier", self.out / "classifier.pt", self._make_classifier)
         self._stage("samples", self.out / "samples.png", self._make_samples)
@@ -196,6 +204,17 @@ class Builder:
         dit_space = fmt.process_in(raw)
         self.record.setdefault("checks", {})["latent_std_per_channel"] = [round(float(s), 3) for s in dit_space.std(dim=(0, 2, 3, 4))]
         torch.save((raw, labels), self.data / "train_latents.pt")
+
+    def _make_extras(self, path: Path) -> None:
+        """Latents of the extra combinations, for the DiT only (the classifier and the benchmark use the 30 named)."""
+        from . import vae
+
+        c = self.config
+        if c.extras == 0 or c.extra_seeds == 0:  # the first rounds' world: the 24 training characters alone
+            torch.save((torch.zeros(0), torch.zeros(0, 6, dtype=torch.long)), path)
+            return
+        pictures, labels = render_set(world.EXTRAS[:c.extras], range(c.extra_seeds), c.image_size, c.threads)
+        torch.save((vae.encode(self._vae(), to_image(pictures)), labels), path)
 
     def _make_classifier(self, path: Path) -> None:
         from . import classifier, vae
@@ -260,15 +279,24 @@ class Builder:
         c = self.config
         model = dit.build_model(dit.init_state(c.dit_width, c.seed))
         padded = self.prompt_contexts(model.diffusion_model)
+        if not (self.data / "train_latents.pt").is_file():  # a VAE brought from another build: encode with it
+            pictures, labels = torch.load(self.data / "train_pictures.pt")
+            self._save_training_latents(vae.encode(self._vae(), to_image(pictures)), labels)
         raw, labels = torch.load(self.data / "train_latents.pt")
+        extra_raw, extra_labels = torch.load(self.data / "extra_latents.pt")
+        if len(extra_raw):
+            raw, labels = torch.cat([raw, extra_raw]), torch.cat([labels, extra_labels])
         latents = vae.latent_format().process_in(raw)
         image_tokens = (c.image_size // 16) ** 2
         contexts = dit.CompactContexts(padded, image_tokens)
         self.log(f"  {len(latents)} latents, prompt rows kept {contexts.rows} of {dit.PADDED_ROWS}")
         from anima_context.comfy_glue.training import _training_mode
 
+        device = self.device
+        model.diffusion_model.to(device)
+        contexts.contexts = contexts.contexts.to(device)
         with _training_mode():  # the pack's differentiable rope kernel and ComfyUI's training flag
-            state = dit.train(model, latents, labels[:, 5], contexts, len(world.BACKGROUNDS), c.dit_steps, c.dit_batch,
+            state = dit.train(model, latents.to(device), labels[:, 5].to(device), contexts, len(world.BACKGROUNDS), c.dit_steps, c.dit_batch,
                               c.dit_lr, c.seed, self.data / f"dit_training_{self.settings_tag('dit')}.pt", self.log)
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file({k: v.float().contiguous() for k, v in state.items()}, str(path))
@@ -288,13 +316,13 @@ class Builder:
         sampling.save_grid(pixels, rows=len(world.BACKGROUNDS), path=path, scale=2)
 
 
-def setup_comfyui_on_cpu():
-    """ComfyUI from COMFYUI_PATH, set up as the pack's command line does, on the CPU."""
+def start_comfyui(cpu: bool = True):
+    """ComfyUI from COMFYUI_PATH, set up as the pack's command line does, on the CPU (or on its own choice of device)."""
     from types import SimpleNamespace
 
     from anima_context.cli import setup_comfyui
 
-    return setup_comfyui(SimpleNamespace(comfyui=None, models_dir=None, cpu=True))
+    return setup_comfyui(SimpleNamespace(comfyui=None, models_dir=None, cpu=cpu))
 
 
 def main(argv=None) -> int:
@@ -302,12 +330,16 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="bench/world/cache", help="the world's folder (kept between runs)")
     parser.add_argument("--scale", choices=sorted(SCALES), default="full")
     parser.add_argument("--dit-steps", type=int, help="override the DiT's training steps")
+    parser.add_argument("--dit-batch", type=int, help="override the DiT's batch")
+    parser.add_argument("--extras", type=int, help="override how many extra combinations the DiT trains on (0: the first rounds' world)")
+    parser.add_argument("--threads", type=int, help="torch threads and rendering processes (default 2)")
+    parser.add_argument("--device", default="cpu", help="where the DiT trains, e.g. cuda (default cpu; the figures in the README come from cpu)")
     args = parser.parse_args(argv)
-    setup_comfyui_on_cpu()
+    start_comfyui(cpu=args.device == "cpu")
     config = SCALES[args.scale]
-    if args.dit_steps:
-        config = replace(config, dit_steps=args.dit_steps)
-    Builder(Path(args.out), config).build()
+    overrides = {"dit_steps": args.dit_steps, "dit_batch": args.dit_batch, "extras": args.extras, "threads": args.threads}
+    config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    Builder(Path(args.out), config, device=args.device).build()
     return 0
 
 

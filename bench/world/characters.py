@@ -10,6 +10,7 @@ A prompt names only the background; who is in the picture must come from the con
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import random
 from dataclasses import dataclass
@@ -84,6 +85,22 @@ def _balanced_rows(rng: random.Random, n: int, others: list) -> list:
 TRAINING, HELD_OUT = make_cast()
 CHARACTERS = TRAINING + HELD_OUT
 
+N_EXTRAS = 480
+EXTRAS_SEED = SPLIT_SEED + 1
+
+
+def make_extras(n: int = N_EXTRAS, seed: int = EXTRAS_SEED) -> tuple[Character, ...]:
+    """Combinations the world model also trains on ("x000", ...; build.py), so that, like a large model, it
+    learns to draw each attribute value in any company rather than 24 fixed characters. None is within
+    MIN_DISTANCE of a held-out character (those stay new combinations) or equal to a training character."""
+    combos = [c for c in itertools.product(*ATTRIBUTES.values())
+              if _far_from(c, [h.values for h in HELD_OUT]) and c not in {t.values for t in TRAINING}]
+    chosen = random.Random(seed).sample(combos, n)
+    return tuple(Character(f"x{i:03d}", c) for i, c in enumerate(chosen))
+
+
+EXTRAS = make_extras()
+
 
 # ---- labels the classifier and the benchmark share ----
 
@@ -103,7 +120,7 @@ def character_id(character: Character) -> int:
 
 
 def character_by_name(name: str) -> Character:
-    return next(c for c in CHARACTERS if c.name == name)
+    return next(c for c in CHARACTERS + EXTRAS if c.name == name)
 
 
 def background_id(background: str) -> int:

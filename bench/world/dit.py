@@ -114,7 +114,8 @@ def velocity(diffusion_model, x_t, sigma, context, options) -> torch.Tensor:
 def train(model, latents: torch.Tensor, prompt_index: torch.Tensor, contexts: CompactContexts, empty_prompt: int,
           steps: int, batch: int, lr: float, seed: int, checkpoint: Path, log=print, dropout: float = 0.1,
           ema_decay: float = 0.999, save_every: int = 250) -> dict[str, torch.Tensor]:
-    """Train on DiT-space latents [N, 16, 1, h, w] with their prompt rows; returns the EMA weights.
+    """Train on DiT-space latents [N, 16, 1, h, w] with their prompt rows, on the latents' device (the
+    model, prompt indices and contexts are there too); returns the EMA weights on the CPU.
     Resumes from ``checkpoint`` (written every ``save_every`` steps)."""
     net = model.diffusion_model
     params = training_parameters(net)
@@ -122,7 +123,7 @@ def train(model, latents: torch.Tensor, prompt_index: torch.Tensor, contexts: Co
     ema = [p.detach().clone() for p in params]
     start, losses = 0, []
     if checkpoint.is_file():
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        saved = torch.load(checkpoint, map_location=latents.device, weights_only=True)
         net.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         ema = saved["ema"]
@@ -135,15 +136,16 @@ def train(model, latents: torch.Tensor, prompt_index: torch.Tensor, contexts: Co
     warmup = max(1, min(200, steps // 10))
     started = time.perf_counter()
     net.train()
+    device = latents.device  # the draws come from a CPU generator, so a GPU build draws the same numbers
     for step in range(start, steps):
-        index, u, noise, drop = _draw(generator, len(latents), batch, latents.shape)
+        index, u, noise, drop = (t.to(device) for t in _draw(generator, len(latents), batch, latents.shape))
         for group in optimizer.param_groups:
             group["lr"] = lr * min(1.0, (step + 1) / warmup) * (0.1 + 0.45 * (1.0 + math.cos(math.pi * step / steps)))
         x0 = latents[index]
         sigma = sigmas_for(u)
         x_t = (1.0 - sigma.view(-1, 1, 1, 1, 1)) * x0 + sigma.view(-1, 1, 1, 1, 1) * noise
         rows = torch.where(drop < dropout, torch.full_like(prompt_index[index], empty_prompt), prompt_index[index])
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
             predicted = velocity(net, x_t, sigma, contexts.contexts[rows], options)
         loss = torch.nn.functional.mse_loss(predicted.float(), noise - x0)
         optimizer.zero_grad(set_to_none=True)
@@ -165,10 +167,10 @@ def train(model, latents: torch.Tensor, prompt_index: torch.Tensor, contexts: Co
                         "step": done, "losses": losses}, partial)
             partial.replace(checkpoint)
     net.eval()
-    state = {name: tensor.detach().clone() for name, tensor in net.state_dict().items()}
+    state = {name: tensor.detach().cpu() for name, tensor in net.state_dict().items()}
     trainable = [name for name, param in net.named_parameters() if param.requires_grad]
     for name, value in zip(trainable, ema):
-        state[name] = value.clone()
+        state[name] = value.cpu()
     return state
 
 
