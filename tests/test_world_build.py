@@ -120,7 +120,7 @@ def test_the_dit_also_trains_on_the_extras_and_a_brought_vae_encodes_the_picture
 def test_a_world_built_before_a_setting_existed_is_not_rebuilt(tmp_path):
     """A folder recorded before per-stage records, and before ``extras`` existed, counts as built with the
     settings' defaults: adding a setting does not retrain a 45-minute DiT."""
-    from dataclasses import asdict
+    from dataclasses import asdict, replace
 
     from bench.world import build
 
@@ -132,6 +132,6 @@ def test_a_world_built_before_a_setting_existed_is_not_rebuilt(tmp_path):
     builder = build.Builder(tmp_path, config, log=lambda _: None)
     builder._stage("dit", tmp_path / "made.bin", made.append)
     assert made == []
-    changed = build.Builder(tmp_path, build.replace(config, extras=480), log=lambda _: None)
-    changed._stage("dit", tmp_path / "made.bin", lambda path: made.append(path))
+    changed = build.Builder(tmp_path, replace(config, extras=480), log=lambda _: None)
+    changed._stage("dit", tmp_path / "made.bin", made.append)
     assert made == [tmp_path / "made.bin"]

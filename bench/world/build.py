@@ -333,7 +333,7 @@ def main(argv=None) -> int:
     parser.add_argument("--dit-batch", type=int, help="override the DiT's batch")
     parser.add_argument("--extras", type=int, help="override how many extra combinations the DiT trains on (0: the first rounds' world)")
     parser.add_argument("--threads", type=int, help="torch threads and rendering processes (default 2)")
-    parser.add_argument("--device", default="cpu", help="where the DiT trains, e.g. cuda (default cpu; the figures in the README come from cpu)")
+    parser.add_argument("--device", default="cpu", help="where the DiT trains: cpu (default) or a GPU, e.g. cuda")
     args = parser.parse_args(argv)
     start_comfyui(cpu=args.device == "cpu")
     config = SCALES[args.scale]

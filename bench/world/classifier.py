@@ -52,7 +52,7 @@ class LatentClassifier(nn.Module):
         """{"attributes": [B, 5] value indices in ``ATTRIBUTES`` order, "background": [B], and
         "background_shares": [B, backgrounds], each scene's share of the picture as the head reads it}."""
         self.eval()
-        logits = self(raw_latents.float().to(next(self.parameters()).device))  # a GPU run's samples come back anywhere
+        logits = self(raw_latents.float().to(next(self.parameters()).device))  # samples may be on another device
         predictions = [part.argmax(dim=1) for part in logits]
         return {"attributes": torch.stack(predictions[:-1], dim=1), "background": predictions[-1],
                 "background_shares": logits[-1].softmax(dim=1)}
