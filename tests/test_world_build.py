@@ -78,6 +78,8 @@ def test_smoke_build_loads_in_comfyui(comfy, tmp_path):
     record = json.loads((out / "world.json").read_text())
     assert set(record["checks"]) >= {"vae_decoder_loss", "classifier_fresh", "plain_background_accuracy"}
     assert (out / "samples.png").is_file()
+    contexts = torch.load(next((out / "data").glob("prompt_contexts_*.pt")))
+    assert len(contexts) > len(world.BACKGROUNDS) + 1  # the smoke scale's tag_share: the tagged captions too
     model, clip, vae = sampling.load_world(out)
     latents = vae.encode(torch.rand(1, 64, 64, 3))
     assert latents.shape == (1, 16, 1, 8, 8)
@@ -97,7 +99,7 @@ def test_the_dit_also_trains_on_the_extras_and_a_brought_vae_encodes_the_picture
 
     from bench.world import build
 
-    smoke = build.SCALES["smoke"]
+    smoke = replace(build.SCALES["smoke"], tag_share=0.0)  # the tagged captions' encoding is the other smoke test's
     first = build.Builder(tmp_path / "a", smoke, log=lambda _: None).build()
     raw, labels = torch.load(first / "data" / "extra_latents.pt")
     extras = world.EXTRAS[:smoke.extras]
@@ -135,3 +137,48 @@ def test_a_world_built_before_a_setting_existed_is_not_rebuilt(tmp_path):
     changed = build.Builder(tmp_path, replace(config, extras=480), log=lambda _: None)
     changed._stage("dit", tmp_path / "made.bin", made.append)
     assert made == [tmp_path / "made.bin"]
+
+
+def test_a_stage_recorded_before_a_setting_existed_is_not_rebuilt(tmp_path):
+    """A per-stage record made before ``tag_share`` existed counts as built with its default (0)."""
+    from dataclasses import replace
+
+    from bench.world import build
+
+    config = build.WorldConfig()
+    recorded = {k: v for k, v in build.Builder(tmp_path, config, log=lambda _: None).stage_settings("dit").items() if k != "tag_share"}
+    (tmp_path / "world.json").write_text(json.dumps({"stage_settings": {"dit": recorded}}))
+    (tmp_path / "made.bin").write_bytes(b"")
+    made = []
+    build.Builder(tmp_path, config, log=lambda _: None)._stage("dit", tmp_path / "made.bin", made.append)
+    assert made == []
+    build.Builder(tmp_path, replace(config, tag_share=0.5), log=lambda _: None)._stage("dit", tmp_path / "made.bin", made.append)
+    assert made == [tmp_path / "made.bin"]
+
+
+def test_tagged_captions_give_each_picture_its_own_characters_caption():
+    from bench.world import build
+
+    a, b = world.TRAINING[0], world.TRAINING[1]
+    labels = torch.tensor([[*world.attribute_vector(a), 2], [*world.attribute_vector(b), 2], [*world.attribute_vector(a), 2],
+                           [*world.attribute_vector(a), 4]])
+    prompts, rows = build.tagged_captions(labels)
+    first = len(world.BACKGROUNDS) + 1  # after the backgrounds' prompts and the empty one
+    assert len(prompts) == 3 and rows[0] == rows[2] and len({int(r) for r in rows}) == 3
+    assert prompts[int(rows[0]) - first] == world.tagged_prompt_for(a.values, world.BACKGROUNDS[2])
+    assert prompts[int(rows[1]) - first] == world.tagged_prompt_for(b.values, world.BACKGROUNDS[2])
+    assert prompts[int(rows[3]) - first] == world.tagged_prompt_for(a.values, world.BACKGROUNDS[4])
+
+
+def test_caption_rows_keep_the_untagged_worlds_draws_and_share_out_the_tags():
+    from bench.world.dit import caption_rows
+
+    drop = torch.rand(20_000, generator=torch.Generator().manual_seed(0))
+    scene, tagged = torch.full((20_000,), 3), torch.full((20_000,), 40)
+    untagged = caption_rows(drop, scene, tagged, 0.1, 0.0, 6)
+    assert torch.equal(untagged, torch.where(drop < 0.1, torch.full_like(scene, 6), scene))  # the draws before tags existed
+    assert torch.equal(caption_rows(drop, scene, None, 0.1, 0.5, 6), untagged)
+    rows = caption_rows(drop, scene, tagged, 0.1, 0.5, 6)
+    assert torch.equal(rows == 6, drop < 0.1)  # the empty prompt as often as without tags
+    share = (rows == 40).float().sum() / (rows != 6).float().sum()
+    assert abs(float(share) - 0.5) < 0.02

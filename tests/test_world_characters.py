@@ -30,6 +30,7 @@ from bench.world.characters import (
     render,
     render_background,
     render_mask,
+    tagged_prompt_for,
 )
 
 SIZE = 64
@@ -123,6 +124,20 @@ def test_prompts_name_the_background_and_never_the_character():
         assert not words & set(re.findall(r"[a-z0-9]+", prompt.lower())), prompt
     with pytest.raises(ValueError, match="unknown background"):
         prompt_for("moon")
+
+
+def test_tagged_captions_name_each_attribute_value_and_the_background_but_never_the_name():
+    captions = {tagged_prompt_for(c.values, "beach") for c in CHARACTERS}
+    assert len(captions) == len(CHARACTERS)  # every character has its own caption
+    h = HELD_OUT[0]
+    caption = tagged_prompt_for(h.values, "snow field")
+    assert caption.startswith("1girl, solo, standing, full body, ") and caption.endswith(", snow field background")
+    a = h.attributes
+    assert f"{a['hair_colour']} hair" in caption and f"{a['outfit_colour']} {a['outfit_type']}" in caption
+    assert a["hair_style"] in caption and h.name not in caption
+    assert ("none" in caption) is False
+    with pytest.raises(ValueError, match="unknown background"):
+        tagged_prompt_for(h.values, "moon")
 
 
 def test_labels_index_the_cast():

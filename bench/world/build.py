@@ -53,6 +53,7 @@ class WorldConfig:
     dit_steps: int = 2200
     dit_batch: int = 64
     dit_lr: float = 5e-4
+    tag_share: float = 0.0  # share of the DiT's captioned draws that also name the attributes as tags (README, eighth round)
     samples_per_background: int = 8  # the plain model's own samples in samples.png
     sample_steps: int = 12
     seed: int = 0
@@ -65,7 +66,7 @@ STAGE_SETTINGS = {
     "vae": ("vae_dim", "vae_steps", "vae_batch"),
     "text encoder": (),
     "extras": ("extras", "extra_seeds"),
-    "dit": ("dit_width", "dit_steps", "dit_batch", "dit_lr"),
+    "dit": ("dit_width", "dit_steps", "dit_batch", "dit_lr", "tag_share"),
     "classifier": ("classifier_seeds", "check_seeds", "classifier_steps", "classifier_width", "classifier_split"),
     "samples": ("samples_per_background", "sample_steps"),
 }
@@ -76,7 +77,7 @@ SCALES = {
     "full": WorldConfig(),
     "smoke": WorldConfig(dit_width=256, vae_dim=8, seeds_per_pair=1, classifier_seeds=1, check_seeds=1, vae_steps=2,
                          vae_batch=4, extras=2, extra_seeds=1, classifier_steps=2, classifier_width=8, dit_steps=3, dit_batch=4,
-                         samples_per_background=1, sample_steps=2),
+                         samples_per_background=1, sample_steps=2, tag_share=0.5),
 }
 
 
@@ -143,7 +144,8 @@ class Builder:
         # a folder from before per-stage records: its one "config" stands for every stage, and a setting added
         # since then had its default value
         defaults = asdict(WorldConfig())
-        built = self.record["stage_settings"].get(name) or {k: self.record.get("config", {}).get(k, defaults[k]) for k in wanted}
+        recorded = self.record["stage_settings"].get(name) or self.record.get("config", {})
+        built = {k: recorded.get(k, defaults[k]) for k in wanted}
         if path.is_file() and built == wanted:
             return
         if path.is_file():
@@ -254,9 +256,9 @@ class Builder:
         note = json.dumps({"generator": "AnimaFastTrain demo-models", "random_weights": True, "seed": 1}, sort_keys=True)
         save_file(state, str(path), metadata={"anima_fasttrain_demo": note})
 
-    def prompt_contexts(self, diffusion_model) -> list[torch.Tensor]:
-        """The padded [1, 512, 1024] context of each background's prompt, then of the empty prompt, as
-        the sampler builds it (CLIPTextEncode, then the DiT's LLM adapter)."""
+    def prompt_contexts(self, diffusion_model, tagged: list[str] = ()) -> list[torch.Tensor]:
+        """The padded [1, 512, 1024] context of each background's prompt, then of the empty prompt, then of
+        each ``tagged`` caption, as the sampler builds it (CLIPTextEncode, then the DiT's LLM adapter)."""
         cached = self.data / f"prompt_contexts_{self.settings_tag('dit')}.pt"  # the adapter's weights depend on them
         if cached.is_file():
             return torch.load(cached)
@@ -264,7 +266,7 @@ class Builder:
         from anima_context.comfy_glue.training import encode_prompt
 
         clip = load_text_encoder(str(self.out / TEXT_ENCODER_FILE), [])
-        prompts = [world.prompt_for(b) for b in world.BACKGROUNDS] + [EMPTY_PROMPT]
+        prompts = [world.prompt_for(b) for b in world.BACKGROUNDS] + [EMPTY_PROMPT] + list(tagged)
         with torch.no_grad():
             contexts = [encode_prompt(clip, p, diffusion_model, torch.device("cpu"), torch.float32).float() for p in prompts]
         del clip
@@ -278,7 +280,6 @@ class Builder:
 
         c = self.config
         model = dit.build_model(dit.init_state(c.dit_width, c.seed))
-        padded = self.prompt_contexts(model.diffusion_model)
         if not (self.data / "train_latents.pt").is_file():  # a VAE brought from another build: encode with it
             pictures, labels = torch.load(self.data / "train_pictures.pt")
             self._save_training_latents(vae.encode(self._vae(), to_image(pictures)), labels)
@@ -286,6 +287,8 @@ class Builder:
         extra_raw, extra_labels = torch.load(self.data / "extra_latents.pt")
         if len(extra_raw):
             raw, labels = torch.cat([raw, extra_raw]), torch.cat([labels, extra_labels])
+        tagged, tagged_index = tagged_captions(labels) if c.tag_share > 0 else ([], None)
+        padded = self.prompt_contexts(model.diffusion_model, tagged)
         latents = vae.latent_format().process_in(raw)
         image_tokens = (c.image_size // 16) ** 2
         contexts = dit.CompactContexts(padded, image_tokens)
@@ -297,7 +300,8 @@ class Builder:
         contexts.contexts = contexts.contexts.to(device)
         with _training_mode():  # the pack's differentiable rope kernel and ComfyUI's training flag
             state = dit.train(model, latents.to(device), labels[:, 5].to(device), contexts, len(world.BACKGROUNDS), c.dit_steps, c.dit_batch,
-                              c.dit_lr, c.seed, self.data / f"dit_training_{self.settings_tag('dit')}.pt", self.log)
+                              c.dit_lr, c.seed, self.data / f"dit_training_{self.settings_tag('dit')}.pt", self.log,
+                              tagged_index=None if tagged_index is None else tagged_index.to(device), tag_share=c.tag_share)
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file({k: v.float().contiguous() for k, v in state.items()}, str(path))
 
@@ -316,6 +320,19 @@ class Builder:
         sampling.save_grid(pixels, rows=len(world.BACKGROUNDS), path=path, scale=2)
 
 
+def tagged_captions(labels: torch.Tensor) -> tuple[list[str], torch.Tensor]:
+    """The distinct tagged captions of the training pictures (labels [N, 6]: attributes, background) and each
+    picture's row among the prompt contexts (after the backgrounds' and the empty prompt's)."""
+    names = list(world.ATTRIBUTES.values())
+    keys = [tuple(row) for row in labels.tolist()]
+    distinct = sorted(set(keys))
+    prompts = [world.tagged_prompt_for(tuple(values[i] for values, i in zip(names, key[:5])), world.BACKGROUNDS[key[5]])
+               for key in distinct]
+    first = len(world.BACKGROUNDS) + 1
+    row_of = {key: first + k for k, key in enumerate(distinct)}
+    return prompts, torch.tensor([row_of[key] for key in keys])
+
+
 def start_comfyui(cpu: bool = True):
     """ComfyUI from COMFYUI_PATH, set up as the pack's command line does, on the CPU (or on its own choice of device)."""
     from types import SimpleNamespace
@@ -332,12 +349,17 @@ def main(argv=None) -> int:
     parser.add_argument("--dit-steps", type=int, help="override the DiT's training steps")
     parser.add_argument("--dit-batch", type=int, help="override the DiT's batch")
     parser.add_argument("--extras", type=int, help="override how many extra combinations the DiT trains on (0: the first rounds' world)")
+    parser.add_argument("--tag-share", type=float,
+                        help="share of the DiT's captioned pictures whose caption also names the attributes as tags (default 0)")
     parser.add_argument("--threads", type=int, help="torch threads and rendering processes (default 2)")
     parser.add_argument("--device", default="cpu", help="where the DiT trains: cpu (default) or a GPU, e.g. cuda")
     args = parser.parse_args(argv)
+    if args.tag_share is not None and not 0 <= args.tag_share <= 1:
+        parser.error(f"--tag-share is a share from 0 to 1, got {args.tag_share}")
     start_comfyui(cpu=args.device == "cpu")
     config = SCALES[args.scale]
-    overrides = {"dit_steps": args.dit_steps, "dit_batch": args.dit_batch, "extras": args.extras, "threads": args.threads}
+    overrides = {"dit_steps": args.dit_steps, "dit_batch": args.dit_batch, "extras": args.extras, "threads": args.threads,
+                 "tag_share": args.tag_share}
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
     Builder(Path(args.out), config, device=args.device).build()
     return 0

@@ -29,6 +29,9 @@ ATTRIBUTES: dict[str, tuple[str, ...]] = {
 }
 BACKGROUNDS: tuple[str, ...] = ("beach", "forest", "city at night", "snow field", "classroom", "sunset sky")
 PROMPT_TEMPLATE = "1girl, solo, standing, full body, {background} background"
+# A caption that also names the character's attributes as tags, as Anima's training captions do (build.py's
+# tag_share); the benchmark's prompts never name them.
+TAGGED_TEMPLATE = "1girl, solo, standing, full body, {tags}, {background} background"
 
 SPLIT_SEED = 10  # issue 10; changing it changes the whole cast
 N_TRAINING, N_HELD_OUT = 24, 6
@@ -136,6 +139,22 @@ def prompt_for(background: str) -> str:
     if background not in BACKGROUNDS:
         raise ValueError(f"unknown background {background!r}; one of {BACKGROUNDS}")
     return PROMPT_TEMPLATE.format(background=background)
+
+
+def attribute_tags(values: tuple[str, ...]) -> str:
+    """A character's attributes as tags: "red hair, twintails, blue dress, cat ears" (no tag for no accessory)."""
+    a = dict(zip(ATTRIBUTES, values))
+    style = f"{a['hair_style']} hair" if a["hair_style"] in ("short", "long") else a["hair_style"]
+    tags = [f"{a['hair_colour']} hair", style, f"{a['outfit_colour']} {a['outfit_type']}"]
+    if a["accessory"] != "none":
+        tags.append(a["accessory"].replace("_", " "))
+    return ", ".join(tags)
+
+
+def tagged_prompt_for(values: tuple[str, ...], background: str) -> str:
+    """The caption of a picture of the character with these attribute values on ``background``, tags included."""
+    prompt_for(background)  # the same check of the background
+    return TAGGED_TEMPLATE.format(tags=attribute_tags(values), background=background)
 
 
 # ---- rendering ----

@@ -111,11 +111,24 @@ def velocity(diffusion_model, x_t, sigma, context, options) -> torch.Tensor:
     return diffusion_model(x_t, sigma, context, transformer_options=options)
 
 
+def caption_rows(drop: torch.Tensor, scene_rows: torch.Tensor, tagged_rows: torch.Tensor | None, dropout: float,
+                 tag_share: float, empty_prompt: int) -> torch.Tensor:
+    """Each draw's prompt row: the empty prompt when ``drop`` < ``dropout``, the tagged caption for the next
+    ``tag_share`` of the rest, else the scene-only caption. One uniform number per draw decides, so a world
+    without tags draws exactly the numbers it drew before tags existed."""
+    rows = scene_rows
+    if tagged_rows is not None and tag_share > 0:
+        rows = torch.where(drop < dropout + tag_share * (1.0 - dropout), tagged_rows, rows)
+    return torch.where(drop < dropout, torch.full_like(rows, empty_prompt), rows)
+
+
 def train(model, latents: torch.Tensor, prompt_index: torch.Tensor, contexts: CompactContexts, empty_prompt: int,
           steps: int, batch: int, lr: float, seed: int, checkpoint: Path, log=print, dropout: float = 0.1,
-          ema_decay: float = 0.999, save_every: int = 250) -> dict[str, torch.Tensor]:
+          ema_decay: float = 0.999, save_every: int = 250, tagged_index: torch.Tensor | None = None,
+          tag_share: float = 0.0) -> dict[str, torch.Tensor]:
     """Train on DiT-space latents [N, 16, 1, h, w] with their prompt rows, on the latents' device (the
     model, prompt indices and contexts are there too); returns the EMA weights on the CPU.
+    ``tagged_index`` (each latent's tagged caption) is drawn in ``tag_share`` of the non-empty draws.
     Resumes from ``checkpoint`` (written every ``save_every`` steps)."""
     net = model.diffusion_model
     params = training_parameters(net)
@@ -144,7 +157,8 @@ def train(model, latents: torch.Tensor, prompt_index: torch.Tensor, contexts: Co
         x0 = latents[index]
         sigma = sigmas_for(u)
         x_t = (1.0 - sigma.view(-1, 1, 1, 1, 1)) * x0 + sigma.view(-1, 1, 1, 1, 1) * noise
-        rows = torch.where(drop < dropout, torch.full_like(prompt_index[index], empty_prompt), prompt_index[index])
+        rows = caption_rows(drop, prompt_index[index], None if tagged_index is None else tagged_index[index], dropout,
+                            tag_share, empty_prompt)
         with torch.autocast(device.type, dtype=torch.bfloat16):
             predicted = velocity(net, x_t, sigma, contexts.contexts[rows], options)
         loss = torch.nn.functional.mse_loss(predicted.float(), noise - x0)
