@@ -79,7 +79,8 @@ def test_smoke_build_loads_in_comfyui(comfy, tmp_path):
     assert set(record["checks"]) >= {"vae_decoder_loss", "classifier_fresh", "plain_background_accuracy"}
     assert (out / "samples.png").is_file()
     contexts = torch.load(next((out / "data").glob("prompt_contexts_*.pt")))
-    assert len(contexts) > len(world.BACKGROUNDS) + 1  # the smoke scale's tag_share: the tagged captions too
+    smoke = build.SCALES["smoke"]  # its tag_share: a tagged caption per character and background, after the 6 + empty
+    assert len(contexts) == len(world.BACKGROUNDS) + 1 + (len(world.TRAINING) + smoke.extras) * len(world.BACKGROUNDS)
     model, clip, vae = sampling.load_world(out)
     latents = vae.encode(torch.rand(1, 64, 64, 3))
     assert latents.shape == (1, 16, 1, 8, 8)

@@ -135,7 +135,8 @@ def test_tagged_captions_name_each_attribute_value_and_the_background_but_never_
     a = h.attributes
     assert f"{a['hair_colour']} hair" in caption and f"{a['outfit_colour']} {a['outfit_type']}" in caption
     assert a["hair_style"] in caption and h.name not in caption
-    assert ("none" in caption) is False
+    bare, eared = (tagged_prompt_for((*h.values[:4], accessory), "beach") for accessory in ("none", "cat_ears"))
+    assert "none" not in bare and bare.count(",") == eared.count(",") - 1 and ", cat ears, " in eared
     with pytest.raises(ValueError, match="unknown background"):
         tagged_prompt_for(h.values, "moon")
 
