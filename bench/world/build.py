@@ -141,8 +141,8 @@ class Builder:
 
     def _stage(self, name: str, path: Path, make):
         wanted = self.stage_settings(name)
-        # a folder from before per-stage records: its one "config" stands for every stage, and a setting added
-        # since then had its default value
+        # a folder from before per-stage records: its one "config" stands for every stage; in either record, a
+        # setting added since then had its default value
         defaults = asdict(WorldConfig())
         recorded = self.record["stage_settings"].get(name) or self.record.get("config", {})
         built = {k: recorded.get(k, defaults[k]) for k in wanted}
@@ -256,7 +256,7 @@ class Builder:
         note = json.dumps({"generator": "AnimaFastTrain demo-models", "random_weights": True, "seed": 1}, sort_keys=True)
         save_file(state, str(path), metadata={"anima_fasttrain_demo": note})
 
-    def prompt_contexts(self, diffusion_model, tagged: list[str] = ()) -> list[torch.Tensor]:
+    def prompt_contexts(self, diffusion_model, tagged: tuple[str, ...] | list[str] = ()) -> list[torch.Tensor]:
         """The padded [1, 512, 1024] context of each background's prompt, then of the empty prompt, then of
         each ``tagged`` caption, as the sampler builds it (CLIPTextEncode, then the DiT's LLM adapter)."""
         cached = self.data / f"prompt_contexts_{self.settings_tag('dit')}.pt"  # the adapter's weights depend on them
