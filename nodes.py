@@ -151,11 +151,13 @@ class AnimaFastTrainApplyContext:
     DESCRIPTION = (
         "Returns a copy of the MODEL whose every DiT block's cross-attention also attends to that block's "
         "trained context tokens while sampling. The input MODEL is not changed. For a scene other than the "
-        "references', name their background in the negative prompt, or it tends to come along."
+        "references', name their background in the negative prompt, or it tends to come along. With a mask the "
+        "tokens act only inside it: chain two Apply Context nodes with two masks for two characters."
     )
     CATEGORY = CATEGORY
     FUNCTION = "apply"
-    SEARCH_ALIASES = ["apply context", "apply context tokens", "reference context", "anima"]
+    SEARCH_ALIASES = ["apply context", "apply context tokens", "reference context", "anima", "regional context",
+                      "masked context", "two characters"]
     RETURN_TYPES = ("MODEL",)
     OUTPUT_TOOLTIPS = ("The patched model, for KSampler.",)
 
@@ -180,6 +182,10 @@ class AnimaFastTrainApplyContext:
                 "blocks": ("STRING", {"default": "all",
                                       "tooltip": "Blocks that get their tokens: 'all', a range '0-13', a list '0,3,5-7', "
                                                  "or one weight per block with decimal points '1.0,0.5,...'."}),
+                "mask": ("MASK", {"tooltip": "Where the character goes: the tokens act only on the picture inside "
+                                             "the mask (white) and leave the rest exactly as without them; grey "
+                                             "edges blend. Any size: stretched to the latent like regional "
+                                             "conditioning. One mask, or one per latent in the batch."}),
             },
         }
 
@@ -193,8 +199,10 @@ class AnimaFastTrainApplyContext:
 
         return _refusal(cls, {"start_percent": start_percent, "end_percent": end_percent, "blocks": blocks}, check)
 
-    def apply(self, model, context, strength, apply_to="positive", start_percent=0.0, end_percent=1.0, blocks="all"):
-        return (_glue().apply_reference_context(model, context, strength, apply_to, start_percent, end_percent, blocks),)
+    def apply(self, model, context, strength, apply_to="positive", start_percent=0.0, end_percent=1.0, blocks="all",
+              mask=None):
+        return (_glue().apply_reference_context(model, context, strength, apply_to, start_percent, end_percent, blocks,
+                                                mask=mask),)
 
 
 class AnimaFastTrainSaveContext:

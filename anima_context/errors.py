@@ -51,6 +51,10 @@ class InvalidTrainingMaskError(AnimaFastTrainError, ValueError):
     phrase = "Invalid training mask"
 
 
+class InvalidContextMaskError(AnimaFastTrainError, ValueError):
+    phrase = "Invalid context mask"
+
+
 def shortened(text: str, limit: int = 60) -> str:
     """User text or names quoted in a message, cut so that a message stays a few hundred characters."""
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -14,6 +14,7 @@ import math
 import torch
 
 from .errors import InvalidSettingError, shortened
+from .regions import ContextRegion, RegionKeys, ledger_of
 
 # ComfyUI's labels for the chunks of a sampling batch (comfy/samplers.py: COND = 0, UNCOND = 1).
 COND, UNCOND = 0, 1
@@ -26,10 +27,12 @@ class ContextTokenPatch:
     ``strength`` scales what the tokens contribute (their values); 0 leaves the model exactly
     as it was. ``apply_to`` picks the batch rows that get the tokens while sampling; rows that
     do not get them see zero tokens, which Anima treats like its own zero padding of the prompt.
+    ``region`` (Apply Context's mask) limits which image tokens see the tokens at all (``regions.py``).
     """
 
     def __init__(self, tokens: torch.Tensor, strength: float = 1.0, apply_to: str = "positive",
-                 sigma_range: tuple[float, float] | None = None, block_weights: list[float] | None = None):
+                 sigma_range: tuple[float, float] | None = None, block_weights: list[float] | None = None,
+                 region: ContextRegion | None = None):
         if tokens.ndim != 3:
             raise ValueError(f"tokens must be [num_blocks, num_tokens, width], got {tuple(tokens.shape)}")
         if apply_to not in APPLY_TO_CHOICES:
@@ -41,6 +44,7 @@ class ContextTokenPatch:
         self.apply_to = apply_to
         self.sigma_range = sigma_range  # (sigma_start, sigma_end): acts while start >= sigma >= end
         self.block_weights = block_weights
+        self.region = region
 
     def __call__(self, q, k, v, pe=None, attn_mask=None, extra_options=None):
         extra_options = extra_options or {}
@@ -58,7 +62,22 @@ class ContextTokenPatch:
         if rows is not None:
             token_k = token_k * rows
             token_v = token_v * rows
+        if self.region is not None:
+            self._record_region(q, k, token_k.shape[1], extra_options)
         return {"k": torch.cat([k, token_k], dim=1), "v": torch.cat([v, token_v], dim=1)}
+
+    def _record_region(self, q, k, count: int, extra_options: dict) -> None:
+        """Tell the forward's ledger which keys are ours and how much each image token sees them."""
+        ledger = ledger_of(extra_options)
+        if ledger is None:
+            # Without the ledger the mask would be silently ignored: the context would act everywhere.
+            raise RuntimeError("AnimaFastTrain: Apply Context's mask needs a ComfyUI whose Anima calls post_input "
+                               "patches (update ComfyUI), and its model patch in place.")
+        weights = self.region.row_weights(k.shape[0], extra_options.get("cond_or_uncond"), ledger.grid, k.device)
+        if q is not None and weights.shape[1] != q.shape[1]:
+            raise RuntimeError(f"AnimaFastTrain: the mask covers {weights.shape[1]} image tokens but the cross-attention "
+                               f"has {q.shape[1]}.")
+        ledger.record(extra_options["block_index"], RegionKeys(k.shape[1], count, weights))
 
     def _active_at(self, sigmas) -> bool:
         """Within the sampling range set by start/end percent, as ComfyUI's control nodes do."""

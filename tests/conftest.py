@@ -19,7 +19,7 @@ for path in (str(REPO), str(TESTS)):
 PACK_NAME = "anima_fast_train_pack"
 
 
-CORE_MODULES = ("errors", "context", "patch", "images", "frozen_weights", "report", "trainer", "context_file",
+CORE_MODULES = ("errors", "regions", "context", "patch", "images", "frozen_weights", "report", "trainer", "context_file",
                 "activation_checkpoint", "masks", "loss_plot")
 
 

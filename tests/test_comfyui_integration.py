@@ -361,3 +361,104 @@ def test_the_random_checkpoints_have_every_weight_comfyuis_detection_expects(com
     rebuilt = comfy.ldm.anima.model.Anima(**{k: v for k, v in detected.items() if k != "image_model"},
                                           device="meta", operations=comfy.ops.disable_weight_init)
     assert set(rebuilt.state_dict()) == set(state)
+
+
+def _two_character_masks(size: int):
+    """Latent 0: context A on the left; latent 1: A on the right. B on the right half below the top rows
+    (overlapping A's right half in latent 1, untouched top rows)."""
+    left = torch.zeros(1, size, size)
+    left[..., : size // 2] = 1
+    right = left.flip(-1)
+    lower_right = right.clone()
+    lower_right[:, : size // 4] = 0
+    return torch.cat([left, right]), lower_right
+
+
+@pytest.mark.parametrize("attention_name", ["attention_pytorch", "attention_basic", "attention_sub_quad",
+                                            "attention_split", "attention_flash"])
+def test_masked_contexts_are_exact_on_comfyuis_attention_through_the_sampler(pack, anima, trained, monkeypatch, caplog,
+                                                                             attention_name):
+    """Two chained Apply Context nodes with masks, a latent batch of 2 and CFG (cond and uncond rows in
+    one batch), sampled by ComfyUI's sampler with each of its attention functions as the server's:
+    every block's cross-attention is, token by token, the model's without the contexts outside both
+    masks and the unmasked contexts' inside (float32, 1e-6)."""
+    import comfy.ldm.cosmos.predict2
+    import comfy.ldm.modules.attention as attention
+    import comfy.sample
+    from region_check import CrossAttentionCalls, region_errors
+
+    monkeypatch.setattr(comfy.ldm.cosmos.predict2, "optimized_attention", getattr(attention, attention_name))
+    context, _, _ = trained
+    strong = type(context)(context.tokens * 4, context.metadata)  # so that "inside" differs clearly from "outside"
+    clip = FakeAnimaClip()
+    positive = clip.encode_from_tokens_scheduled("2girls")
+    negative = clip.encode_from_tokens_scheduled("worst quality")
+    apply = pack.NODE_CLASS_MAPPINGS["AnimaFastTrainApplyContext"]()
+    mask_a, mask_b = _two_character_masks(64)
+    with torch.inference_mode():
+        (first,) = apply.apply(anima, strong, 1.0, apply_to="both", mask=mask_a)
+        (both,) = apply.apply(first, context, 1.0, mask=mask_b)
+    latent = torch.zeros(2, 16, 1, 16, 16)
+    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(5))
+    with CrossAttentionCalls(anima.model.diffusion_model) as calls, torch.inference_mode(), caplog.at_level("WARNING"):
+        out = comfy.sample.sample(both, noise, 1, 3.0, "euler", "simple", positive, negative, latent, disable_pbar=True, seed=5)
+        errors = region_errors(calls)
+    assert torch.isfinite(out).all()
+    batch_rows = {call[5].shape[0] for call in calls.calls}
+    assert batch_rows == {4}, batch_rows  # cond and uncond of both latents in one batch
+    assert errors["calls"] == 10 and errors["outside_tokens"] > 0 and errors["inside_tokens"] > 0, errors
+    assert errors["outside"] <= 1e-6 and errors["inside"] <= 1e-6, errors
+    # inside differs from outside: the contexts act
+    call = calls.calls[-1]
+    assert float((call[5] - calls.rerun(call, [])).abs().max()) > 1e-3
+    # a server attention without masks (flash) is not handed one: the masked calls go through SDPA
+    assert not [r for r in caplog.records if "Mask must not be set" in r.getMessage()]
+
+
+def test_masked_apply_leaves_the_users_model_and_checks_the_mask_before_sampling(pack, anima, trained, caplog):
+
+    context, _, _ = trained
+    clip = FakeAnimaClip()
+    positive = clip.encode_from_tokens_scheduled("a girl")
+    negative = clip.encode_from_tokens_scheduled("")
+    apply = pack.NODE_CLASS_MAPPINGS["AnimaFastTrainApplyContext"]()
+    before = repr(anima.model_options)
+    with torch.inference_mode(), caplog.at_level("INFO"):
+        (empty,) = apply.apply(anima, context, 1.0, mask=torch.zeros(1, 64, 64))
+        (wide,) = apply.apply(anima, context, 1.0, mask=torch.ones(1, 32, 96))
+        (three,) = apply.apply(anima, context, 1.0, mask=torch.ones(3, 64, 64))
+    assert repr(anima.model_options) == before
+    assert any("mask is empty" in r.getMessage() and "does nothing" in r.getMessage() for r in caplog.records)
+    plain = _sample(anima, positive, negative)
+    # an empty mask: as without the context (the masked cross-attention runs through SDPA, the server's is
+    # sub-quadratic here: float32 rounding through ten blocks and three steps)
+    assert (_sample(empty, positive, negative) - plain).abs().max() <= 1e-5 * plain.abs().max()
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        _sample(wide, positive, negative)
+    notices = [r.getMessage() for r in caplog.records if "stretched" in r.getMessage()]
+    assert notices == ["AnimaFastTrain: Apply Context's mask is 96x32 but the picture is 64x64; the mask is stretched to fit."]
+    forwards = []
+    handle = anima.model.diffusion_model.register_forward_pre_hook(lambda *a: forwards.append(1))
+    try:
+        with pytest.raises(ValueError, match="Invalid context mask: 3 masks for a latent batch of 1"):
+            _sample(three, positive, negative)
+    finally:
+        handle.remove()
+    assert forwards == []  # refused before the model ran
+
+
+def test_no_mask_is_bit_identical_to_the_unmasked_apply(pack, anima, trained):
+    context, _, _ = trained
+    clip = FakeAnimaClip()
+    positive = clip.encode_from_tokens_scheduled("a girl")
+    negative = clip.encode_from_tokens_scheduled("")
+    apply = pack.NODE_CLASS_MAPPINGS["AnimaFastTrainApplyContext"]()
+    with torch.inference_mode():
+        (unmasked,) = apply.apply(anima, context, 1.0)
+        (ones,) = apply.apply(anima, context, 1.0, mask=torch.ones(1, 64, 64))
+    options = unmasked.model_options["transformer_options"]
+    assert "optimized_attention_override" not in options and "post_input" not in options["patches"]
+    assert torch.equal(_sample(unmasked, positive, negative), _sample(unmasked, positive, negative))
+    with_context = _sample(unmasked, positive, negative)
+    assert (_sample(ones, positive, negative) - with_context).abs().max() <= 1e-5 * with_context.abs().max()

@@ -14,9 +14,9 @@ from PIL import Image
 WORKFLOWS = REPO / "example_workflows"
 # ComfyUI's template browser titles a custom node's template with its file name and lists them in the
 # server's directory order: numbered titles read in the README's order whatever that order is.
-BASIC, MASKED, SAVE_THEN_LOAD, STEERING = EXPECTED = (
+BASIC, MASKED, SAVE_THEN_LOAD, STEERING, TWO_CHARACTERS = EXPECTED = (
     "1. Train and apply a character", "2. Train on a cut-out with a mask", "3. Save a context and load it later",
-    "4. Three references and steering")
+    "4. Three references and steering", "5. Two characters")
 EVERY_INSTALL_HAS = "example.png"  # ComfyUI's own input/example.png
 LOADERS = {"UNETLoader": "diffusion_models", "CLIPLoader": "text_encoders", "VAELoader": "vae"}
 NOTES = {"Note", "MarkdownNote"}
@@ -207,6 +207,38 @@ def test_each_example_shows_what_it_is_about(pack):
     assert all(entry["link"] is not None for entry in train["inputs"])  # all three references connected
     (apply,) = [n for n in steering["nodes"] if n["type"] == "AnimaFastTrainApplyContext"]
     assert apply["widgets_values"][2:] != [0.0, 1.0, "all"]  # steered: not the defaults
+
+
+def test_two_characters_chains_two_masked_applies_with_left_and_right_masks_from_core_nodes():
+    workflow = _load(WORKFLOWS / f"{TWO_CHARACTERS}.json")
+    by_id = {node["id"]: node for node in workflow["nodes"]}
+    links = {link[0]: link for link in workflow["links"]}
+
+    def source(node, name):
+        (entry,) = [e for e in node["inputs"] if e["name"] == name]
+        return by_id[links[entry["link"]][1]]
+
+    applies = [n for n in workflow["nodes"] if n["type"] == "AnimaFastTrainApplyContext"]
+    trains = [n for n in workflow["nodes"] if n["type"] == "AnimaFastTrainReferenceContext"]
+    assert len(applies) == 2 and len(trains) == 2
+    first, second = sorted(applies, key=lambda n: source(n, "model")["type"] == "AnimaFastTrainApplyContext")
+    assert source(first, "model")["type"] == "UNETLoader" and source(second, "model") is first  # chained
+    (sampler,) = [n for n in workflow["nodes"] if n["type"] == "KSampler"]
+    assert source(sampler, "model") is second
+    assert {source(first, "context")["id"], source(second, "context")["id"]} == {t["id"] for t in trains}
+    offsets = []
+    for apply in (first, second):
+        composite = source(apply, "mask")
+        assert composite["type"] == "MaskComposite"
+        canvas, half = source(composite, "destination"), source(composite, "source")
+        assert canvas["type"] == half["type"] == "SolidMask"
+        assert canvas["widgets_values"] == [0.0, 1024, 1024] and half["widgets_values"] == [1.0, 512, 1024]
+        offsets.append(composite["widgets_values"][:3])
+    assert offsets == [[0, 0, "add"], [512, 0, "add"]]  # left, then right
+    (latent,) = [n for n in workflow["nodes"] if n["type"] == "EmptyLatentImage"]
+    assert latent["widgets_values"][:2] == [1024, 1024]  # the masks' aspect ratio
+    (positive,) = [n for n in workflow["nodes"] if n.get("title") == "Positive prompt"]
+    assert positive["widgets_values"][0].startswith("2girls")
 
 
 def test_every_train_node_shows_its_loss_plot():

@@ -8,6 +8,11 @@ pack touches it (DESIGN.md, "The injection point"):
   as ``patch(q, k, v, pe=..., attn_mask=None, extra_options=...)`` with the context as k and v,
   before the q/k/v projections, with ``n_heads`` and ``dim_head`` added to a copy of the
   options, and RMS-normalises the projected keys;
+- ``post_input`` patches get ``{"img": [B, T, H, W, D], "x": ..., "transformer_options": ...}`` once
+  per forward, on a copy of the options with a fresh ``model_patch_data`` dict that every block shares;
+- attention goes through ``optimized_attention(q, k, v, heads, skip_reshape=True, transformer_options=...)``,
+  which hands the call to ``transformer_options["optimized_attention_override"]`` when there is one
+  (ComfyUI's ``wrap_attn``), with q/k/v as ``[B, heads, tokens, dim]``;
 - flow matching with shift 3: ``sigma = 3u / (1 + 2u)``, ``x_t = sigma * noise + (1 - sigma) * x0``,
   the model predicts the velocity ``noise - x0``.
 """
@@ -29,6 +34,17 @@ class RMSNorm(nn.Module):
 
     def forward(self, x):
         return x * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + 1e-6).to(x.dtype) * self.weight.to(x.dtype)
+
+
+def sdpa_attention(q, k, v, heads, mask=None, skip_reshape=True, **kwargs):
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def optimized_attention(q, k, v, heads, **kwargs):
+    override = (kwargs.get("transformer_options") or {}).get("optimized_attention_override")
+    if override is not None:
+        return override(sdpa_attention, q, k, v, heads, **kwargs)
+    return sdpa_attention(q, k, v, heads, **kwargs)
 
 
 class Attention(nn.Module):
@@ -60,7 +76,8 @@ class Attention(nn.Module):
         q = self.q_norm(self.q_proj(q_in).view(b, -1, self.heads, self.head_dim)).transpose(1, 2)
         k = self.k_norm(self.k_proj(k_in).view(b, -1, self.heads, self.head_dim)).transpose(1, 2)
         v = self.v_proj(v_in).view(b, -1, self.heads, self.head_dim).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, -1, self.heads * self.head_dim)
+        out = optimized_attention(q, k, v, self.heads, skip_reshape=True, transformer_options=transformer_options)
+        out = out.transpose(1, 2).reshape(b, -1, self.heads * self.head_dim)
         return self.output_proj(out)
 
 
@@ -107,6 +124,13 @@ class TinyAnimaDiT(nn.Module):
         b, c, t, h, w = x.shape
         tokens = x.view(b, c, t, h // 2, 2, w // 2, 2).permute(0, 2, 3, 5, 1, 4, 6).reshape(b, t * (h // 2) * (w // 2), c * 4)
         hidden = self.x_embedder(tokens.to(self.x_embedder.weight.dtype))
+        post_input = transformer_options.get("patches", {}).get("post_input", [])
+        if post_input:
+            transformer_options["model_patch_data"] = {}
+            image = hidden.view(b, t, h // 2, w // 2, -1)
+            for patch in post_input:
+                image = patch({"img": image, "x": x, "transformer_options": transformer_options})["img"]
+            hidden = image.reshape(b, t * (h // 2) * (w // 2), -1)
         emb = self.t_embedder(self.timestep_embedding(sigma).to(hidden.dtype))
         for block_index, block in enumerate(self.blocks):
             transformer_options["block_index"] = block_index

@@ -53,7 +53,7 @@ CORE_DISPLAY_NAMES = {
     "UNETLoader": "Load Diffusion Model", "CLIPLoader": "Load CLIP", "VAELoader": "Load VAE", "LoadImage": "Load Image",
     "CLIPTextEncode": "CLIP Text Encode (Prompt)", "EmptyLatentImage": "Empty Latent Image", "KSampler": "KSampler",
     "VAEDecode": "VAE Decode", "SaveImage": "Save Image", "PreviewImage": "Preview Image", "PreviewAny": "Preview Any",
-    "InvertMask": "Invert Mask",
+    "InvertMask": "Invert Mask", "SolidMask": "Create Solid Mask", "MaskComposite": "Combine Masks",
 }
 IMAGE_NODES = {"LoadImage", "SaveImage", "PreviewImage"}
 NOTE_NODES = {"Note", "MarkdownNote"}
@@ -372,8 +372,9 @@ def pipeline(workflow: dict) -> list[tuple[str, bool]]:
         steps.append((f"{references} {picture}{'s' if references > 1 else ''}" + (" + its mask" if _active(workflow, "InvertMask") else ""),
                       False))
     for kind, name in TRAIN_TYPES.items():
-        if _active(workflow, kind):
-            steps.append((name, False))
+        trains = len(_active(workflow, kind))
+        if trains:
+            steps.append((name + (f" x{trains}" if trains > 1 else ""), False))
     if _active(workflow, "AnimaFastTrainSaveContext"):
         steps.append(("Save Context to a file", False))
     later = bool(_muted(workflow, "AnimaFastTrainLoadContext"))
@@ -387,6 +388,8 @@ def pipeline(workflow: dict) -> list[tuple[str, bool]]:
             details.append(f"steps {start * 100:g}-{end * 100:g}%")
         if blocks != "all":
             details.append(f"blocks {blocks}")
+        if any(entry["name"] == "mask" and entry.get("link") is not None for entry in node.get("inputs", [])):
+            details.append("inside its mask")
         sampler = " + KSampler" if not details else ""
         steps.append(("Apply Context" + ("\n" + ", ".join(details) if details else sampler), node.get("mode", 0) == 2))
     return steps

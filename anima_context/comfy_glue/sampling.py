@@ -12,27 +12,32 @@ import torch
 from ..context import ReferenceContext
 from ..errors import InvalidSettingError
 from ..patch import ContextTokenPatch, block_weights, check_sampling_range
+from ..regions import ContextRegion
 from .architecture import anima_geometry
+from .regions import restrict_to_region
 from .training import VAE_DOWNSCALE
 
 
 def apply_reference_context(model, context: ReferenceContext, strength: float, apply_to: str,
-                            start_percent: float = 0.0, end_percent: float = 1.0, blocks: str = "all"):
+                            start_percent: float = 0.0, end_percent: float = 1.0, blocks: str = "all", mask=None):
     """A clone of ``model`` whose cross-attention also attends to the context's tokens, in the
-    sampling range and blocks chosen."""
+    sampling range and blocks chosen, and with a ``mask`` only from the image tokens inside it."""
     if not isinstance(context, ReferenceContext):
         raise InvalidSettingError(f"context must come from the Train Context Tokens node, got {type(context).__name__}.")
     num_blocks, width = anima_geometry(model)
     context.check_compatible(num_blocks, width)
     check_sampling_range(start_percent, end_percent)
     weights = block_weights(blocks, num_blocks)
+    region = ContextRegion(mask) if mask is not None else None
     sigma_range = None
     if (start_percent, end_percent) != (0.0, 1.0):
         sampling = model.get_model_object("model_sampling")
         sigma_range = (float(sampling.percent_to_sigma(start_percent)), float(sampling.percent_to_sigma(end_percent)))
     patched = model.clone()
     patched.set_model_attn2_patch(ContextTokenPatch(context.tokens, strength=strength, apply_to=apply_to,
-                                                    sigma_range=sigma_range, block_weights=weights))
+                                                    sigma_range=sigma_range, block_weights=weights, region=region))
+    if region is not None:
+        restrict_to_region(patched, region)
     return patched
 
 
