@@ -11,7 +11,10 @@ training step time, peak VRAM (torch's allocator, and the device as a whole: com
 memory is outside torch's allocator), the seconds from the node's start to its first step (encode,
 load, prepare) and the UNETLoader load time; then the context is applied and the same MODEL sampled
 with ComfyUI's sampler (the context changes the latent, strength 0 gives the plain latent exactly,
-the MODEL samples the same afterwards). Then ``bench/bench_train.py --full`` at 512 and 1024 px.
+the MODEL samples the same afterwards; two contexts with left and right masks leave every block's
+cross-attention as without them outside the masks and as unmasked inside). The ``masked_apply`` row also
+times a sampling step with masked against unmasked contexts (``bench/bench_apply.py``). Then
+``bench/bench_train.py --full`` at 512 and 1024 px.
 
 How a row runs: the child process parses the row's server flags exactly as ``main.py`` does
 (``comfy.options.enable_args_parsing``, ``cuda_malloc``, ``comfy_aimdo.control.init`` and
@@ -83,6 +86,8 @@ ROWS = [
         needs_gpu="per-op casting to a GPU through shared cast buffers"),
     Row("lowvram_small_card", "--lowvram, a 12 GB card, 1024 px, 3 references", flags=("--lowvram",),
         prelude="small_card", size=1024, refs=3, needs_gpu="a card with 12 GB free (the rest is filled)"),
+    Row("masked_apply", "Apply Context with a mask: a sampling step against the unmasked apply (two contexts too)",
+        prelude="masked", size=1024),
 ]
 ROW_BY_NAME = {row.name: row for row in ROWS}
 REFERENCE_FLAGS = ("--highvram", "--disable-dynamic-vram")
@@ -95,7 +100,7 @@ def start_comfy(flags: list[str]) -> bool:
     """ComfyUI's start-up as ``main.py`` does it, with these server flags, before torch touches
     the GPU. Returns whether DynamicVRAM (comfy_aimdo) is on."""
     root = os.environ["COMFYUI_PATH"]
-    sys.path[:0] = [root, str(REPO), str(REPO / "tests")]
+    sys.path[:0] = [root, str(REPO), str(REPO / "tests"), str(REPO / "bench")]
     sys.argv = [sys.argv[0], *flags]
     import comfy.options
 
@@ -367,10 +372,21 @@ def _run_row(row: Row, args, result: dict) -> None:
     )
     torch.save({"grad": probe["grad"], "inputs": probe["inputs"]}, Path(args.dir) / f"{row.name}.probe.pt")
     result.update(_sample_checks(model, context, size))
+    if row.prelude == "masked":
+        from bench_apply import masked_step_costs
+
+        costs = masked_step_costs(model, [context, type(context)(-context.tokens, context.metadata)], size, rounds=5)
+        result.update(masked_step_ratio=costs["one masked"] / costs["one unmasked"],
+                      two_masked_step_ratio=costs["two masked"] / costs["two unmasked"],
+                      unmasked_step_s=costs["one unmasked"])
     del keep
 
 
-SAMPLE_CHECKS = ("sample_finite", "sample_changed", "strength_zero_exact", "model_unchanged")
+SAMPLE_CHECKS = ("sample_finite", "sample_changed", "strength_zero_exact", "model_unchanged", "mask_exact")
+# A masked context's cross-attention against the model's without it (outside the mask) and the unmasked
+# context's (inside), relative to the largest output: float32 is exact up to rounding; in half precision
+# the masked call runs SDPA with a mask while the reference runs the server's kernel without one.
+MASK_TOLERANCE = {"torch.float32": 1e-5, "torch.bfloat16": 2e-2, "torch.float16": 1e-2}
 
 
 def _sample_checks(model, context, size: int) -> dict:
@@ -404,7 +420,34 @@ def _sample_checks(model, context, size: int) -> dict:
             "sample_change": change,
             "sample_changed": change > 1e-3 * float(plain.abs().mean()),
             "strength_zero_exact": torch.equal(zero, plain),
-            "model_unchanged": torch.equal(again, plain)}
+            "model_unchanged": torch.equal(again, plain),
+            **_mask_checks(model, context, size, sample)}
+
+
+def _mask_checks(model, context, size: int, sample) -> dict:
+    """Two contexts with left / right masks, one CFG sampling step on this row's path: every block's
+    cross-attention outside both masks against the model without them, inside against them unmasked."""
+    import torch
+    from bench_apply import halves
+    from region_check import CrossAttentionCalls, region_errors
+
+    from anima_context.comfy_glue.sampling import apply_reference_context
+
+    try:
+        left, right = halves(size)
+        with torch.inference_mode():
+            first = apply_reference_context(model, context, 1.0, "positive", mask=left)
+            both = apply_reference_context(first, type(context)(-context.tokens, context.metadata), 1.0, "positive", mask=right)
+        with CrossAttentionCalls(model.model.diffusion_model) as calls:
+            sample(both)
+            errors = region_errors(calls)
+    except Exception as error:  # reported in the row, not hidden behind a crash
+        return {"mask_exact": False, "mask_error": f"{type(error).__name__}: {str(error)[:200]}"}
+    tolerance = MASK_TOLERANCE.get(errors["dtype"], 2e-2) * errors["scale"]
+    return {"mask_exact": errors["calls"] > 0 and errors["outside"] <= tolerance and errors["inside"] <= tolerance,
+            "mask_outside_rel": errors["outside"] / max(errors["scale"], 1e-12),
+            "mask_inside_rel": errors["inside"] / max(errors["scale"], 1e-12),
+            "mask_calls": errors["calls"], "mask_dtype": errors["dtype"]}
 
 
 def _reference_state_dict(folder: Path, weights: str):
@@ -542,9 +585,20 @@ def print_table(results: list[dict], skipped: list[tuple[Row, str]]) -> None:
         if not r["ok"] or "error" in r:
             print(f"    {r.get('error')}")
         elif not r.get("samples_ok"):
-            print(f"    sampling after training failed: {', '.join(c for c in SAMPLE_CHECKS if not r.get(c))}")
+            print(f"    sampling after training failed: {', '.join(c for c in SAMPLE_CHECKS if not r.get(c))}"
+                  + (f" ({r['mask_error']})" if r.get("mask_error") else ""))
     for row, why in skipped:
         print(f"{row.name:<22} {'skipped':<8} {why}")
+    masked = [r for r in results if r.get("mask_outside_rel") is not None]
+    if masked:
+        print("\nmasked contexts, every block's cross-attention against the reference, largest error / largest output:")
+        for r in masked:
+            print(f"  {r['row']:<22} outside {r['mask_outside_rel']:.1e}  inside {r['mask_inside_rel']:.1e}  "
+                  f"({r['mask_dtype']}, {r['mask_calls']} calls) {'ok' if r['mask_exact'] else 'WRONG'}")
+    for r in results:
+        if r.get("masked_step_ratio") is not None:
+            print(f"masked apply, sampling step / unmasked: {r['masked_step_ratio']:.3f} (two contexts: "
+                  f"{r['two_masked_step_ratio']:.3f}; unmasked step {r['unmasked_step_s'] * 1000:.0f} ms) [{r['row']}]")
     print("\ncosine / rel.err: the tokens' gradient against float32 plain-tensor weights of the same values "
           f"(ok: cosine >= {MIN_COSINE}, relative error <= {MAX_RELATIVE_ERROR}); peak torch: torch's allocator; peak dev: "
           "the whole device (vbar memory included, sampled per step); setup s: node start to the first step (encode, "

@@ -76,8 +76,10 @@ def unmasked(patch: ContextTokenPatch) -> ContextTokenPatch:
 
 def region_errors(recorder: CrossAttentionCalls) -> dict:
     """Largest |difference| outside every mask (against no context) and inside (against the same
-    contexts unmasked), over every recorded call, with how many tokens each side had."""
-    worst = {"outside": 0.0, "inside": 0.0, "outside_tokens": 0, "inside_tokens": 0, "calls": 0}
+    contexts unmasked), over every recorded call, with how many tokens each side had, the largest
+    |output| (``scale``) and the outputs' dtype."""
+    worst = {"outside": 0.0, "inside": 0.0, "outside_tokens": 0, "inside_tokens": 0, "calls": 0, "scale": 0.0,
+             "dtype": None}
     for call in recorder.calls:
         options, output = call[4], call[5]
         patches = options.get("patches", {}).get("attn2_patch", [])
@@ -90,6 +92,8 @@ def region_errors(recorder: CrossAttentionCalls) -> dict:
                                                     output.device) for p in masked])  # [patches, B, S]
         exact = ((weights == 0) | (weights == 1)).all(dim=0)  # [B, S]
         worst["calls"] += 1
+        worst["scale"] = max(worst["scale"], float(output.abs().max()))
+        worst["dtype"] = str(output.dtype)
         for inside in itertools.product((False, True), repeat=len(masked)):
             chosen = torch.tensor(inside, device=weights.device).view(-1, 1, 1)
             tokens = exact & ((weights == 1) == chosen).all(dim=0)

@@ -9,7 +9,9 @@ ComfyUI's real frontend in headless Chromium, with a screenshot of every check.
   (c) the text under the train node's progress bar reads "step k/N" while it trains, "done" after it, and
       "cancelled" after the frontend's cancel button, never an earlier run's text once the node runs;
   (d) Save Context shows the name of the file it wrote on the node;
-  (e) Apply Context with start_percent > end_percent is refused when queued, before the train node runs.
+  (e) Apply Context with start_percent > end_percent is refused when queued, before the train node runs;
+  (f) the template "5. Two characters" (two contexts, each Apply Context with its own mask) runs to the end
+      from the templates dialog, shrunk for the demo models (3 training steps, 64 px, a 128 px picture).
 
 It prints one line per check (ok / FAIL and why) and exits 1 when any check failed. Needs Playwright's
 Python client in the Python that runs it (``pip install playwright``; no ``playwright install``: it uses
@@ -57,6 +59,7 @@ SEARCHES = {
     "identity": [TRAIN],
     "reference": [TRAIN],
     "apply context": [APPLY],
+    "two characters": [APPLY],
     "save context": [SAVE],
     "load context": [LOAD],
     "mask train": [MASKED],
@@ -415,6 +418,40 @@ def check_runs(ui: Frontend, report: Report, demo: dict[str, Path], work: Path, 
                  f"{why}; run: {status}; shows '{final[:80]}'".replace("\n", " | "))
 
 
+TWO_CHARACTERS = "5. Two characters"
+# the template's settings shrunk for the random-weight demo models on a CPU (the masks stay 1024 square)
+SHRINK = {TRAIN: {"training_steps": 3, "training_image_size": 64, "num_tokens": 4, "training_dtype": "float32"},
+          "EmptyLatentImage": {"width": 128, "height": 128}, "KSampler": {"steps": 2}}
+
+
+def check_two_characters(ui: Frontend, report: Report, work: Path, timeout: float) -> None:
+    dialog = ui.open_templates(PACK_FOLDER)
+    ui.open_template(dialog, TWO_CHARACTERS)
+    ui.close_dialogs()
+    nodes = ui.page.evaluate("() => window.app.graph.nodes.map((n) => [n.id, n.type])")
+    for node_id, kind in nodes:
+        for name, value in SHRINK.get(kind, {}).items():
+            ui.set_widget(node_id, name, value)
+    before = set((work / "output").rglob("*.png"))
+    since = ui.now()
+    status, answer = ui.queue()
+    if status != 200 or not isinstance(answer, dict) or "prompt_id" not in answer:
+        report.check(f"(f) template '{TWO_CHARACTERS}' runs", False, f"refused: HTTP {status} {json.dumps(answer)[:600]}")
+        return
+    end = ui.wait_for_end(answer["prompt_id"], since, timeout)
+    if end == "execution_error":
+        events, _ = ui.records(since)
+        detail = next(e["detail"] for e in events if e["type"] == "execution_error")
+        end += f": {detail.get('exception_type')}: {str(detail.get('exception_message'))[:300]}"
+    time.sleep(1.0)
+    ui.frame([node_id for node_id, kind in nodes if kind in ("AnimaFastTrainApplyContext", "KSampler", "SaveImage")])
+    shot = ui.shot("f_two_characters_ran")
+    saved = sorted(p.name for p in set((work / "output").rglob("*.png")) - before)
+    applies = sum(1 for _, kind in nodes if kind == APPLY)
+    report.check(f"(f) template '{TWO_CHARACTERS}' runs", end == "execution_success" and len(saved) == 1 and applies == 2,
+                 f"{end}; {applies} Apply Context nodes; saved {saved} ({shot.name})")
+
+
 def check_refusal(ui: Frontend, report: Report, demo: dict[str, Path]) -> None:
     ui.new_blank_workflow()
     ids = ui.build(
@@ -479,7 +516,7 @@ def main(argv=None) -> int:
     parser.add_argument("--chromium", default=os.environ.get("CHROMIUM", "/usr/bin/chromium"), help="Chromium to drive")
     parser.add_argument("--port", type=int, default=0, help="server port on 127.0.0.1 (default: a free one)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per run")
-    parser.add_argument("--only", default="abcde", help="the checks to run, e.g. 'ab' (default abcde)")
+    parser.add_argument("--only", default="abcdef", help="the checks to run, e.g. 'ab' (default abcdef)")
     args = parser.parse_args(argv)
     if not args.comfyui or not (Path(args.comfyui) / "main.py").is_file():
         parser.error("set COMFYUI_PATH (or --comfyui) to a ComfyUI folder with main.py")
@@ -518,7 +555,8 @@ def main(argv=None) -> int:
                 ui.open()
                 steps = [("a", lambda: check_templates(ui, report)), ("b", lambda: check_search(ui, report, names)),
                          ("c", lambda: check_runs(ui, report, demo, server.work, args.timeout)),
-                         ("e", lambda: check_refusal(ui, report, demo))]
+                         ("e", lambda: check_refusal(ui, report, demo)),
+                         ("f", lambda: check_two_characters(ui, report, server.work, args.timeout))]
                 if "d" in args.only and "c" not in args.only:
                     args.only += "c"  # Save Context runs in (c)'s first run
                 for key, step in steps:
