@@ -118,14 +118,26 @@ class RegionLedger:
         self._biases: dict[tuple, torch.Tensor] = {}
 
     def record(self, block: int, keys: RegionKeys) -> None:
-        if block != self._block:  # keys left by a block whose attention never came are dropped
-            self._block, self._keys = block, []
+        if block != self._block:
+            self._check_nothing_left()
+            self._block = block
         self._keys.append(keys)
 
     def take(self, block) -> list[RegionKeys]:
-        keys = self._keys if block == self._block else []
-        self._block, self._keys = None, []
+        """The keys recorded for this block's cross-attention, once; an attention call of a later block
+        while keys are left means the cross-attention ran without its mask."""
+        if block != self._block:
+            self._check_nothing_left()
+            return []
+        keys, self._block, self._keys = self._keys, None, []
         return keys
+
+    def _check_nothing_left(self) -> None:
+        if self._keys:  # that block's attention never asked for its mask: the context acted everywhere
+            raise RuntimeError(
+                f"AnimaFastTrain: block {self._block}'s cross-attention ran without Apply Context's mask: another "
+                "node replaced the attention function (optimized_attention_override) after Apply Context. "
+                "Connect that node before the Apply Context nodes.")
 
     def bias(self, keys: list[RegionKeys], queries: int, total_keys: int, dtype, device) -> torch.Tensor:
         """The additive attention mask [B, 1, queries, total_keys]; blocks with the same key layout share one."""

@@ -135,15 +135,26 @@ def test_the_bias_hides_keys_outside_and_keeps_the_prompt_keys():
     assert ledger.bias(keys, 3, 7, torch.float32, "cpu") is bias  # blocks with the same layout share one
 
 
-def test_keys_left_by_another_block_are_not_applied():
+def test_keys_are_taken_by_their_own_blocks_attention_only():
     ledger = RegionLedger((1, 1, 2))
     from anima_context.regions import RegionKeys
 
+    assert ledger.take(2) == []  # block 2's self-attention, before its cross-attention recorded anything
     ledger.record(3, RegionKeys(0, 1, torch.ones(1, 2)))
-    assert ledger.take(4) == []
-    assert ledger.take(3) == []  # taking clears
+    ledger.record(3, RegionKeys(1, 1, torch.ones(1, 2)))  # a second masked context in the same block
+    assert len(ledger.take(3)) == 2 and ledger.take(3) == []  # taking clears
     ledger.record(5, RegionKeys(0, 1, torch.ones(1, 2)))
-    assert len(ledger.take(5)) == 1
+    with pytest.raises(RuntimeError, match="block 5's cross-attention ran without"):
+        ledger.take(6)  # block 6's self-attention while block 5's keys were never masked
+
+
+def test_a_replaced_attention_override_is_an_error_not_a_context_everywhere():
+    model, denoiser, latents = make_tiny_setup(latent_size=8)
+    patch = ContextTokenPatch(torch.randn(model.num_blocks, 2, model.context_dim), region=ContextRegion(_half("left")))
+    options = _masked_options(patch)
+    options["optimized_attention_override"] = lambda func, *args, **kwargs: func(*args, **kwargs)  # another node's
+    with pytest.raises(RuntimeError, match="ran without Apply Context's mask"), torch.no_grad():
+        denoiser.velocity(latents, torch.full((latents.shape[0],), 0.5), options)
 
 
 def test_a_masked_patch_without_the_grid_refuses_rather_than_acting_everywhere():
