@@ -183,3 +183,35 @@ def test_caption_rows_keep_the_untagged_worlds_draws_and_share_out_the_tags():
     assert torch.equal(rows == 6, drop < 0.1)  # the empty prompt as often as without tags
     share = (rows == 40).float().sum() / (rows != 6).float().sum()
     assert abs(float(share) - 0.5) < 0.02
+
+
+def test_the_tag_world_smoke_build_trains_on_tagged_captions_and_runs_its_oracle(comfy, tmp_path):
+    """The tag world (issue 23) at smoke scale: the DiT's prompts are the scenes, the empty prompt and one tagged
+    caption per training combination and scene; the oracle samples every held-out character from its own tags,
+    records its rates per set, and a world below the targets says it is not ready."""
+    from bench.world import build, tags
+
+    smoke = build.SCALES["tags_smoke"]
+    messages = []
+    out = build.Builder(tmp_path / "tags", smoke, log=messages.append).build()
+    record = json.loads((out / "world.json").read_text())
+    contexts = torch.load(next((out / "data").glob("prompt_contexts_*.pt")))
+    assert len(contexts) == len(world.BACKGROUNDS) + 1 + smoke.combinations * len(world.BACKGROUNDS)
+    _, labels = torch.load(out / "data" / "train_latents.pt")
+    assert {tuple(row[:5].tolist()) for row in labels} == {world.attribute_vector(c) for c in tags.TRAINING[:smoke.combinations]}
+    oracle = record["checks"]["oracle"]
+    assert set(oracle) >= {"tuning", "final", "training", "held_out", "ready", "targets"}
+    assert oracle["targets"] == tags.ORACLE_TARGETS and oracle["ready"] is False  # three DiT steps draw nobody
+    assert any(m.startswith("world NOT ready") for m in messages) and not any(m.startswith("world ready") for m in messages)
+    assert (out / "oracle.png").is_file()
+    # the tag benchmark's mechanics on it (two training steps, two samples): every row is scored, the edits too
+    from bench.world import tag_benchmark
+
+    result = tag_benchmark.main(["--world", str(out), "--out", str(tmp_path / "bench"), "--split", "u00", "--refs", "1",
+                                 "--seeds", "2", "--train-kwargs", '{"training_steps": 2}', "--threads", "1"])
+    (row,) = result["rows"]
+    for name in ("oracle", "plain", "context", "partial"):
+        assert {f"{name}_{k}" for k in tag_benchmark.SCORES} <= set(row)
+    assert {"edit_outfit_asked", "edit_outfit_kept", "edit_accessory_asked", "edit_accessory_kept"} <= set(row)
+    assert row["reference_background"] != row["target_background"]
+    assert (tmp_path / "bench" / "results.json").is_file() and (tmp_path / "bench" / "grid.png").is_file()

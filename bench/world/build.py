@@ -4,12 +4,15 @@ command that keeps what it has done (rerun it after an interruption and it goes 
     COMFYUI_PATH=... python -m bench.world.build --out bench/world/cache      # ~60 min on 2 CPU cores
     COMFYUI_PATH=... python -m bench.world.build --out /tmp/w --scale smoke   # seconds (the tests run it)
     COMFYUI_PATH=... python -m bench.world.build --out /tmp/g --device cuda --threads 16 --dit-batch 256   # the DiT on a GPU
+    COMFYUI_PATH=... python -m bench.world.build --out bench/world/tags_cache --scale tags   # the tag world (issue 23)
 
 The folder is a ComfyUI model set plus the benchmark's extras:
 ``diffusion_models/world_anima.safetensors`` (UNETLoader), ``text_encoders/anima_demo_qwen3_06b.safetensors``
 (CLIPLoader, stable_diffusion; the demo set's fixed random encoder), ``vae/world_vae.safetensors``
 (VAELoader), ``classifier.pt`` (``bench.world.classifier.load_classifier``), ``world.json`` (settings and
-checks) and ``samples.png`` (the model's own samples, one row per background).
+checks) and ``samples.png`` (the model's own samples, one row per background). The tag world (``cast``
+"tags", ``bench.world.tags``) adds ``oracle.png`` and the oracle's figures in ``world.json``: its held-out
+characters sampled from their own tags, and whether the world is good enough to benchmark on.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ EMPTY_PROMPT = ""  # the negative prompt of the benchmark and what prompt dropou
 
 @dataclass(frozen=True)
 class WorldConfig:
+    cast: str = "scenes"  # "scenes": issue 10's 30 characters; "tags": bench.world.tags (every combination but 16)
     image_size: int = 64
     dit_width: int = 384  # 16 heads (ComfyUI's detection): head_dim 24 leaves rope 4 pairs per image axis
     vae_dim: int = 8
@@ -56,34 +60,58 @@ class WorldConfig:
     tag_share: float = 0.0  # share of the DiT's captioned draws that also name the attributes as tags (README, eighth round)
     samples_per_background: int = 8  # the plain model's own samples in samples.png
     sample_steps: int = 12
+    oracle_samples: int = 4  # the tag world's oracle: samples per (held-out character, background) from its tags
+    oracle_scenes: int = 6  # backgrounds per character in the oracle (rotating with the character)
+    combinations: int = 0  # the tag world's training combinations, 0: all 272 (the smoke build takes a few)
     seed: int = 0
     threads: int = 2
 
 
 # What each stage's product depends on: its own settings and the stages it reads.
 STAGE_SETTINGS = {
-    "render": ("image_size", "seeds_per_pair"),
+    "render": ("cast", "combinations", "image_size", "seeds_per_pair"),
     "vae": ("vae_dim", "vae_steps", "vae_batch"),
     "text encoder": (),
     "extras": ("extras", "extra_seeds"),
     "dit": ("dit_width", "dit_steps", "dit_batch", "dit_lr", "tag_share"),
     "classifier": ("classifier_seeds", "check_seeds", "classifier_steps", "classifier_width", "classifier_split"),
     "samples": ("samples_per_background", "sample_steps"),
+    "oracle": ("oracle_samples", "oracle_scenes", "sample_steps"),
 }
 STAGE_NEEDS = {"render": (), "vae": ("render",), "text encoder": (), "extras": ("vae",), "dit": ("vae", "text encoder", "extras"),
-               "classifier": ("vae",), "samples": ("dit", "classifier")}
+               "classifier": ("vae",), "samples": ("dit", "classifier"), "oracle": ("dit", "classifier")}
 
 SCALES = {
     "full": WorldConfig(),
     "smoke": WorldConfig(dit_width=256, vae_dim=8, seeds_per_pair=1, classifier_seeds=1, check_seeds=1, vae_steps=2,
                          vae_batch=4, extras=2, extra_seeds=1, classifier_steps=2, classifier_width=8, dit_steps=3, dit_batch=4,
                          samples_per_background=1, sample_steps=2, tag_share=0.5),
+    # issue 23: 272 combinations x 6 scenes x 8 pictures; 70% of draws tagged, 20% the scene alone, 10% empty
+    "tags": WorldConfig(cast="tags", seeds_per_pair=8, classifier_seeds=12, check_seeds=1, tag_share=7 / 9,
+                        vae_steps=1000, classifier_steps=6000, dit_steps=1800, dit_batch=64, dit_lr=6e-4),
+    "tags_smoke": WorldConfig(cast="tags", dit_width=256, seeds_per_pair=1, classifier_seeds=1, check_seeds=1, vae_steps=2,
+                              vae_batch=4, classifier_steps=2, classifier_width=8, dit_steps=3, dit_batch=4,
+                              samples_per_background=1, sample_steps=2, tag_share=7 / 9, oracle_samples=1,
+                              oracle_scenes=1, combinations=4),
 }
+CASTS = ("scenes", "tags")
+
+
+def cast_of(config: WorldConfig) -> dict:
+    """The characters each stage uses: the DiT's training set, what the classifier learns, the held-out ones."""
+    if config.cast == "tags":
+        from . import tags
+
+        training = tags.TRAINING[:config.combinations] if config.combinations else tags.TRAINING
+        return {"training": training, "classified": training + tags.HELD_OUT, "held_out": tags.HELD_OUT}
+    if config.cast != "scenes":
+        raise ValueError(f"unknown cast {config.cast!r}; one of {CASTS}")
+    return {"training": world.TRAINING, "classified": world.CHARACTERS, "held_out": world.HELD_OUT}
 
 
 def _render_one(job):
-    name, background, seed, size = job
-    return np.asarray(world.render(world.character_by_name(name), background, seed, size=size), dtype=np.uint8)
+    character, background, seed, size = job
+    return np.asarray(world.render(character, background, seed, size=size), dtype=np.uint8)
 
 
 def render_set(cast, seeds: range, size: int, workers: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,7 +121,7 @@ def render_set(cast, seeds: range, size: int, workers: int) -> tuple[torch.Tenso
     for character in cast:
         for background in world.BACKGROUNDS:
             for seed in seeds:
-                jobs.append((character.name, background, seed, size))
+                jobs.append((character, background, seed, size))
                 labels.append(list(world.attribute_vector(character)) + [world.background_id(background)])
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
@@ -162,14 +190,23 @@ class Builder:
     def build(self) -> Path:
         c = self.config
         torch.set_num_threads(c.threads)
+        cast = cast_of(c)
         self._stage("render", self.data / "train_pictures.pt", lambda p: torch.save(
-            render_set(world.TRAINING, range(c.seeds_per_pair), c.image_size, c.threads), p))
+            render_set(cast["training"], range(c.seeds_per_pair), c.image_size, c.threads), p))
         self._stage("vae", self.out / VAE_FILE, self._make_vae)
         self._stage("text encoder", self.out / TEXT_ENCODER_FILE, self._make_text_encoder)
         self._stage("extras", self.data / "extra_latents.pt", self._make_extras)
         self._stage("dit", self.out / DIT_FILE, self._make_dit)
         self._stage("classifier", self.out / "classifier.pt", self._make_classifier)
         self._stage("samples", self.out / "samples.png", self._make_samples)
+        if c.cast == "tags":
+            self._stage("oracle", self.out / "oracle.png", self._make_oracle)
+            oracle = self.record["checks"]["oracle"]
+            if not oracle["ready"]:
+                self.log(f"world NOT ready in {self.out}: the oracle reaches {_rates(oracle['held_out'])} on the held-out "
+                         f"characters, below {_rates(oracle['targets'])}; train the DiT longer (--dit-steps) before "
+                         "benchmarking on it")
+                return self.out
         self.log(f"world ready in {self.out}: {json.dumps(self.record.get('checks', {}))}")
         return self.out
 
@@ -223,18 +260,19 @@ class Builder:
 
         c = self.config
         module = self._vae()
-        pictures, labels = render_set(world.CHARACTERS, range(c.seeds_per_pair, c.seeds_per_pair + c.classifier_seeds),
+        cast = cast_of(c)
+        pictures, labels = render_set(cast["classified"], range(c.seeds_per_pair, c.seeds_per_pair + c.classifier_seeds),
                                       c.image_size, c.threads)
         raw = vae.encode(module, to_image(pictures))
         seen, seen_labels = torch.load(self.data / "train_latents.pt")  # the training characters' pictures too
         backgrounds = len(world.BACKGROUNDS)
-        partners = torch.cat([classifier.same_pose_partners(len(world.CHARACTERS), backgrounds, c.classifier_seeds),
-                              classifier.same_pose_partners(len(world.TRAINING), backgrounds, c.seeds_per_pair, len(raw))])
+        partners = torch.cat([classifier.same_pose_partners(len(cast["classified"]), backgrounds, c.classifier_seeds),
+                              classifier.same_pose_partners(len(cast["training"]), backgrounds, c.seeds_per_pair, len(raw))])
         model = classifier.train_classifier(torch.cat([raw, seen]), torch.cat([labels, seen_labels]), c.classifier_steps,
                                             c.seed, self.log, width=c.classifier_width, partners=partners,
                                             split_share=c.classifier_split)
         fresh = range(world.FRESH_SEEDS + 900_000, world.FRESH_SEEDS + 900_000 + c.check_seeds)
-        pictures, labels = render_set(world.CHARACTERS, fresh, c.image_size, c.threads)
+        pictures, labels = render_set(cast["classified"], fresh, c.image_size, c.threads)
         checked = classifier.accuracy(model, vae.encode(module, to_image(pictures)), labels)
         self.log("  classifier on fresh pictures: " + ", ".join(f"{k} {v:.3f}" for k, v in checked.items()))
         self.record.setdefault("checks", {})["classifier_fresh"] = {k: round(v, 4) for k, v in checked.items()}
@@ -319,6 +357,46 @@ class Builder:
         pixels = vae.decode(self._vae(), samples)
         sampling.save_grid(pixels, rows=len(world.BACKGROUNDS), path=path, scale=2)
 
+    def _make_oracle(self, path: Path) -> None:
+        """The tag world's ceiling: each held-out character asked for by its own tags on every scene (empty
+        negative), read by the classifier as the benchmark reads a sample; training characters beside it."""
+        from . import classifier, sampling, tags, vae
+        from .benchmark import score
+
+        c = self.config
+        count = c.oracle_samples
+        read = classifier.load_classifier(self.out)
+        model, clip, _ = sampling.load_world(self.out)
+        negative = sampling.encode(clip, sampling.NEGATIVE_PROMPT)
+        trained = cast_of(c)["training"]
+        order = torch.randperm(len(trained), generator=torch.Generator().manual_seed(c.seed + 23)).tolist()
+        groups = {"tuning": tags.TUNING, "final": tags.FINAL, "training": tuple(trained[i] for i in order[:len(tags.HELD_OUT)])}
+        scenes = len(world.BACKGROUNDS)
+        results, grid = {}, []
+        for group, characters in groups.items():
+            rows = []
+            for k, character in enumerate(characters):
+                for b in [(k + j * scenes // c.oracle_scenes) % scenes for j in range(c.oracle_scenes)]:
+                    background = world.BACKGROUNDS[b]
+                    prompt = world.tagged_prompt_for(character.values, background)
+                    latents = sampling.sample(model, sampling.encode(clip, prompt), negative, count,
+                                              c.seed + 7919 * k + 101 * b, c.image_size, c.sample_steps)
+                    rows.append(score(read, latents, character, background, background))
+                    if group != "training":
+                        grid.append(latents[:1])
+            results[group] = {key: round(sum(r[key] for r in rows) / len(rows), 4) for key in ("identity", "attributes", "background")}
+            self.log(f"  oracle, {group} characters from their tags: {_rates(results[group])}")
+        held = {key: round((results["tuning"][key] + results["final"][key]) / 2, 4) for key in ("identity", "attributes", "background")}
+        ready = all(held[key] >= target for key, target in tags.ORACLE_TARGETS.items())
+        self.record.setdefault("checks", {})["oracle"] = {**results, "held_out": held, "ready": ready,
+                                                           "targets": tags.ORACLE_TARGETS, "samples_each": count}
+        pixels = vae.decode(self._vae(), torch.cat(grid))
+        sampling.save_grid(pixels, rows=len(tags.HELD_OUT), path=path, scale=2)
+
+
+def _rates(rates: dict) -> str:
+    return ", ".join(f"{key} {value:.0%}" for key, value in rates.items() if key in ("identity", "attributes", "background"))
+
 
 def tagged_captions(labels: torch.Tensor) -> tuple[list[str], torch.Tensor]:
     """The distinct tagged captions of the training pictures (labels [N, 6]: attributes, background) and each
@@ -349,6 +427,7 @@ def main(argv=None) -> int:
     parser.add_argument("--dit-steps", type=int, help="override the DiT's training steps")
     parser.add_argument("--dit-batch", type=int, help="override the DiT's batch")
     parser.add_argument("--extras", type=int, help="override how many extra combinations the DiT trains on (0: the first rounds' world)")
+    parser.add_argument("--oracle-samples", type=int, help="the tag world's oracle: samples per held-out character and scene")
     parser.add_argument("--tag-share", type=float,
                         help="share of the DiT's captioned pictures whose caption also names the attributes as tags (default 0)")
     parser.add_argument("--threads", type=int, help="torch threads and rendering processes (default 2)")
@@ -359,7 +438,7 @@ def main(argv=None) -> int:
     start_comfyui(cpu=args.device == "cpu")
     config = SCALES[args.scale]
     overrides = {"dit_steps": args.dit_steps, "dit_batch": args.dit_batch, "extras": args.extras, "threads": args.threads,
-                 "tag_share": args.tag_share}
+                 "tag_share": args.tag_share, "oracle_samples": args.oracle_samples}
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
     Builder(Path(args.out), config, device=args.device).build()
     return 0

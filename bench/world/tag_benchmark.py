@@ -1,0 +1,231 @@
+"""The identity benchmark on the tag world (issue 23): a model that takes who to draw from tags, so a
+context is measured against what the character's own tags reach on it (the oracle).
+
+    COMFYUI_PATH=... python -m bench.world.tag_benchmark --world bench/world/tags_cache --out /tmp/tb --split tuning
+
+For each held-out character of the split (tuning for method choices, final for the final table), fresh
+references on one scene, and samples asked for a scene three places further on (never the references'):
+
+- **oracle**: the character's own tags and the asked scene, no context, empty negative;
+- **plain**: the scene alone, no context;
+- **context**: trained with the train node's default prompt, sampled with the scene alone;
+- **partial**: trained with a prompt that names the hair colour (and the references' scene), sampled with the
+  hair colour and the asked scene: the context should carry what the prompt leaves out;
+- **edit outfit** / **edit accessory**: the context, and a prompt that asks for another outfit colour or another
+  accessory: the share with the asked value, and the share whose other four attributes are the references'.
+
+Each row: identity, attributes, prompted background, leak (the references' scene), both (the character in the
+asked scene) and training seconds. Prints a table per reference count, ``TAGROW {json}`` per character and
+``TAGSUMMARY {json}`` per reference count, writes OUT/results.json and OUT/grid.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from bench.world import benchmark as scene_benchmark
+from bench.world import tags
+from bench.world.characters import ATTRIBUTES, BACKGROUNDS, FRESH_SEEDS, attribute_tags, prompt_for, render
+
+ROWS = ("oracle", "plain", "context", "partial", "edit_outfit", "edit_accessory")
+SCORES = ("identity", "attributes", "background", "leak", "both")
+PROMPT_HEAD = "1girl, solo, standing, full body"
+REFERENCE_SEEDS = 300_000  # fresh seeds for the tag world's references, apart from the scene world's
+OUTFIT, ACCESSORY = list(ATTRIBUTES).index("outfit_colour"), list(ATTRIBUTES).index("accessory")
+
+
+def index_of(character) -> int:
+    return tags.ALL.index(character)
+
+
+def scenes_for(character) -> tuple[str, str]:
+    i = index_of(character)
+    return BACKGROUNDS[i % len(BACKGROUNDS)], BACKGROUNDS[(i + 3) % len(BACKGROUNDS)]
+
+
+def references_for(character, count: int, size: int) -> list:
+    b_ref, _ = scenes_for(character)
+    first = FRESH_SEEDS + REFERENCE_SEEDS + 100 * index_of(character)
+    return [render(character, b_ref, first + k, size=size) for k in range(count)]
+
+
+def hair_tag(values: tuple[str, ...]) -> str:
+    return f"{values[0]} hair"
+
+
+def tag_prompt(tag_text: str, background: str) -> str:
+    return f"{PROMPT_HEAD}, {tag_text}, {background} background"
+
+
+def edited(values: tuple[str, ...], attribute: int) -> tuple[str, ...]:
+    """The character with the next value of ``attribute`` in the tag world's vocabulary."""
+    options = tags.TAG_VALUES[list(ATTRIBUTES)[attribute]]
+    changed = list(values)
+    changed[attribute] = options[(options.index(values[attribute]) + 1) % len(options)]
+    return tuple(changed)
+
+
+def edit_tag(values: tuple[str, ...], attribute: int) -> str:
+    """The tag that asks for the changed value: the outfit with its colour, or the accessory."""
+    words = attribute_tags(values).split(", ")
+    return words[2] if attribute == OUTFIT else words[3]
+
+
+def edit_score(classifier, latents, character, asked: tuple[str, ...], attribute: int) -> dict:
+    read = classifier.classify(latents)["attributes"].cpu()
+    vocabulary = list(ATTRIBUTES.values())
+    want = torch.tensor([vocabulary[k].index(v) for k, v in enumerate(asked)])
+    own = torch.tensor([vocabulary[k].index(v) for k, v in enumerate(character.values)])
+    others = [k for k in range(len(want)) if k != attribute]
+    return {"asked": round(float((read[:, attribute] == want[attribute]).float().mean()), 4),
+            "kept": round(float((read[:, others] == own[others]).all(dim=1).float().mean()), 4),
+            "kept_attributes": round(float((read[:, others] == own[others]).float().mean()), 4)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.world.tag_benchmark", description=__doc__.splitlines()[0])
+    p.add_argument("--world", type=Path, required=True, help="a tag world folder (python -m bench.world.build --scale tags)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--label", default="run")
+    p.add_argument("--split", default="tuning", help="tuning (default), final, held_out, or names: u00,f03")
+    p.add_argument("--refs", default="1,3")
+    p.add_argument("--seeds", type=int, default=8, help="samples per character and row (default 8)")
+    p.add_argument("--train-seeds", default="0")
+    p.add_argument("--train-kwargs", type=json.loads, default={}, help="JSON merged into the train node's inputs")
+    p.add_argument("--apply-kwargs", type=json.loads, default={}, help="JSON merged into the apply node's inputs")
+    p.add_argument("--negative", choices=("reference-scene", "empty"), default="reference-scene",
+                   help="the negative prompt of the context rows (the oracle's is always empty)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--comfyui", default=None)
+    p.add_argument("--cpu", action="store_true")
+    p.add_argument("--classifier-standin", action="store_true", help="mechanics tests only")
+    p.add_argument("--no-grid", action="store_true")
+    return p
+
+
+def run(args, say=print) -> dict:
+    from bench.world.grid import GridRow, make_grid
+
+    torch.set_num_threads(args.threads)
+    nodes, glue, _pack = scene_benchmark.setup(args)
+    train_node, apply_node = nodes.AnimaFastTrainReferenceContext(), nodes.AnimaFastTrainApplyContext()
+    default_prompt = nodes.AnimaFastTrainReferenceContext.INPUT_TYPES()["required"]["training_prompt"][1]["default"]
+    settings = {"train": scene_benchmark.node_defaults(nodes), "train_kwargs": args.train_kwargs}
+    refs = [int(r) for r in args.refs.split(",")]
+    train_seeds = [int(s) for s in args.train_seeds.split(",")]
+    characters = tags.pick(args.split)
+    started = time.perf_counter()
+    with torch.inference_mode():
+        meta, model, clip, vae = scene_benchmark.load_world(args.world, glue)
+        oracle_record = meta.get("checks", {}).get("oracle")
+        if oracle_record is not None and not oracle_record.get("ready"):
+            say(f"note: this world is not ready (oracle {oracle_record.get('held_out')}): its figures say little")
+        classifier = scene_benchmark.make_classifier(args, args.world)
+        size = scene_benchmark.image_size(meta)
+        cache = {}
+
+        def encode(text):
+            if text not in cache:
+                cache[text] = clip.encode_from_tokens_scheduled(clip.tokenize(text))
+            return cache[text]
+
+        def draw(patched, positive, negative, seed):
+            return scene_benchmark.sample_batch(patched, encode(positive), encode(negative), args.seeds, size, seed,
+                                                {"sampler": "euler", "scheduler": "simple", "sample_steps": 12, "cfg": 3.0})
+
+        results, grid_rows = [], []
+        for character in characters:
+            b_ref, b_tgt = scenes_for(character)
+            noise = 2000 + index_of(character)
+            negative = prompt_for(b_ref) if args.negative == "reference-scene" else ""
+            full_tags, hair = attribute_tags(character.values), hair_tag(character.values)
+            fixed = {
+                "oracle": scene_benchmark.score(classifier, draw(model, tag_prompt(full_tags, b_tgt), "", noise), character, b_tgt, b_ref),
+                "plain": scene_benchmark.score(classifier, draw(model, prompt_for(b_tgt), negative, noise), character, b_tgt, b_ref),
+            }
+            references = references_for(character, max(refs), size)
+            for n in refs:
+                for train_seed in train_seeds:
+                    row = {"character": character.name, "split": "tuning" if character in tags.TUNING else "final",
+                           "n_refs": n, "train_seed": train_seed, "tags": full_tags, "reference_background": b_ref,
+                           "target_background": b_tgt}
+                    row.update({f"{name}_{k}": fixed[name][k] for name in fixed for k in SCORES})
+                    contexts = {}
+                    for kind, prompt in (("context", default_prompt), ("partial", tag_prompt(hair, b_ref))):
+                        kwargs = scene_benchmark.train_inputs(character, references[:n], prompt, train_seed, size, settings)
+                        mark = time.perf_counter()
+                        contexts[kind] = train_node.train(model, clip, vae, **kwargs)[0]
+                        row[f"{kind}_train_seconds"] = round(time.perf_counter() - mark, 2)
+                    patched = {kind: apply_node.apply(model, context, **{"strength": 1.0, **args.apply_kwargs})[0]
+                               for kind, context in contexts.items()}
+                    context_latents = draw(patched["context"], prompt_for(b_tgt), negative, noise)
+                    scored = {"context": scene_benchmark.score(classifier, context_latents, character, b_tgt, b_ref),
+                              "partial": scene_benchmark.score(classifier, draw(patched["partial"], tag_prompt(hair, b_tgt),
+                                                                                negative, noise), character, b_tgt, b_ref)}
+                    for name, value in scored.items():
+                        row.update({f"{name}_{k}": value[k] for k in SCORES})
+                    for name, attribute in (("edit_outfit", OUTFIT), ("edit_accessory", ACCESSORY)):
+                        asked = edited(character.values, attribute)
+                        latents = draw(patched["context"], tag_prompt(edit_tag(asked, attribute), b_tgt), negative, noise)
+                        row.update({f"{name}_{k}": v for k, v in edit_score(classifier, latents, character, asked, attribute).items()})
+                    results.append(row)
+                    say("TAGROW " + json.dumps(row))
+                    if not args.no_grid and train_seed == train_seeds[0]:
+                        hits = scored["context"]
+                        grid_rows.append(GridRow(
+                            title=f"{character.name} refs={n}", detail=[full_tags, f"ref: {b_ref}", f"ask: {b_tgt}",
+                                                                         f"ctx id {sum(hits['identity_hits'])}/{args.seeds}"],
+                            references=references[:n], plain=scene_benchmark.decode(vae, draw(model, tag_prompt(full_tags, b_tgt), "", noise)[:4]),
+                            context=scene_benchmark.decode(vae, context_latents[:4]),
+                            plain_hits=list(zip(fixed["oracle"]["identity_hits"], fixed["oracle"]["background_hits"]))[:4],
+                            context_hits=list(zip(hits["identity_hits"], hits["background_hits"]))[:4]))
+    summaries = summarize(results, refs)
+    say(table(summaries))
+    for summary in summaries:
+        say("TAGSUMMARY " + json.dumps({"label": args.label, **summary}))
+    args.out.mkdir(parents=True, exist_ok=True)
+    output = {"label": args.label, "split": args.split, "rows": results, "summaries": summaries,
+              "seconds": round(time.perf_counter() - started, 1), "world": str(args.world)}
+    (args.out / "results.json").write_text(json.dumps(output, indent=1))
+    if grid_rows:
+        make_grid(grid_rows, size, 4).save(args.out / "grid.png")
+        say(f"wrote {args.out / 'grid.png'} (oracle samples | samples with the context)")
+    say(f"wrote {args.out / 'results.json'} ({output['seconds']:.0f}s)")
+    return output
+
+
+def summarize(rows: list[dict], refs: list[int]) -> list[dict]:
+    out = []
+    for n in refs:
+        group = [r for r in rows if r["n_refs"] == n]
+        if group:
+            keys = [k for k in group[0] if isinstance(group[0][k], (int, float)) and k not in ("n_refs", "train_seed")]
+            out.append({"n_refs": n, "rows": len(group), **{k: round(sum(r[k] for r in group) / len(group), 4) for k in keys}})
+    return out
+
+
+def table(summaries: list[dict]) -> str:
+    lines = []
+    for s in summaries:
+        lines.append(f"{s['n_refs']} reference(s), {s['rows']} trainings     ident%   attr%    bg%  leak%  both%  train s")
+        for name in ("oracle", "plain", "context", "partial"):
+            seconds = s.get(f"{name}_train_seconds")
+            lines.append(f"  {name:<26}" + "".join(f"{100 * s[f'{name}_{k}']:7.0f}" for k in SCORES)
+                         + (f"{seconds:9.1f}" if seconds is not None else f"{'-':>9}"))
+        for name in ("edit_outfit", "edit_accessory"):
+            lines.append(f"  {name:<26} asked {100 * s[f'{name}_asked']:.0f}%, other four kept {100 * s[f'{name}_kept']:.0f}% "
+                         f"(attributes {100 * s[f'{name}_kept_attributes']:.0f}%)")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    return run(build_parser().parse_args(argv), say=lambda text: print(text, flush=True))
+
+
+if __name__ == "__main__":
+    main()
