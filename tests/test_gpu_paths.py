@@ -321,3 +321,30 @@ def test_small_card_the_prompt_is_encoded_before_the_dit_is_loaded(state, monkey
         training.train_reference_context(_plain(state), RecordingClip(), FakeWanVae(), {"reference_image": image},
                                          **{**TRAIN, "steps": 1})
     assert events.index(("text encoder", None)) < events.index(("load", "Anima")), events
+
+
+@pytest.mark.parametrize("pressure", [False, True], ids=["vbar", "cast_buffers"])
+def test_masked_contexts_are_exact_under_dynamic_vram(state, monkeypatch, pressure):
+    """Two masked contexts sampled by ComfyUI's sampler on the DynamicVRAM path (weights in vbar pages, or
+    every weight cast into the stream's buffer): every block's cross-attention is the model's without them
+    outside both masks and theirs unmasked inside."""
+    from region_check import CrossAttentionCalls, region_errors
+
+    from anima_context.comfy_glue.sampling import apply_reference_context
+    from anima_context.context import ReferenceContext
+
+    model = _dynamic(state, monkeypatch, pressure=pressure)
+    generator = torch.Generator().manual_seed(5)
+    first, second = (ReferenceContext(torch.randn(NUM_BLOCKS, NUM_TOKENS, WIDTH, generator=generator) * 2, {}) for _ in range(2))
+    left = torch.zeros(1, 64, 64)
+    left[:, 32:, :32] = 1  # the lower half's left and right quarters; the upper half belongs to neither
+    with torch.inference_mode():
+        both = apply_reference_context(apply_reference_context(model, first, 1.0, "positive", mask=left),
+                                       second, 1.0, "positive", mask=left.flip(-1))
+    with CrossAttentionCalls(model.model.diffusion_model) as calls:
+        _sample(both)
+        errors = region_errors(calls)
+    if not pressure:
+        assert any(vbar.pages for vbar in aimdo_standins.StandInVBAR.instances), "the vbar path was not taken"
+    assert errors["calls"] == 2 * NUM_BLOCKS and errors["outside_tokens"] > 0 and errors["inside_tokens"] > 0
+    assert errors["outside"] <= 1e-6 * max(1.0, errors["scale"]) and errors["inside"] <= 1e-6 * max(1.0, errors["scale"]), errors
