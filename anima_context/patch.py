@@ -73,11 +73,14 @@ class ContextTokenPatch:
             # Without the ledger the mask would be silently ignored: the context would act everywhere.
             raise RuntimeError("AnimaFastTrain: Apply Context's mask needs a ComfyUI whose Anima calls post_input "
                                "patches (update ComfyUI), and its model patch in place.")
-        weights = self.region.row_weights(k.shape[0], extra_options.get("cond_or_uncond"), ledger.grid, k.device)
+        cond_or_uncond = extra_options.get("cond_or_uncond")
+        weights = self.region.row_weights(k.shape[0], cond_or_uncond, ledger.grid, k.device)
         if q is not None and weights.shape[1] != q.shape[1]:
             raise RuntimeError(f"AnimaFastTrain: the mask covers {weights.shape[1]} image tokens but the cross-attention "
                                f"has {q.shape[1]}.")
-        ledger.record(extra_options["block_index"], RegionKeys(k.shape[1], count, weights))
+        # the region lives as long as this patch, so its id names it for the whole forward
+        source = (id(self.region), k.shape[0], tuple(cond_or_uncond or ()))
+        ledger.record(extra_options["block_index"], RegionKeys(k.shape[1], count, weights, source))
 
     def _active_at(self, sigmas) -> bool:
         """Within the sampling range set by start/end percent, as ComfyUI's control nodes do."""

@@ -101,11 +101,13 @@ class ContextRegion:
 @dataclass(frozen=True)
 class RegionKeys:
     """Keys ``start .. start + count`` of one cross-attention call, seen by image token j of row b with
-    ``weights[b, j]``."""
+    ``weights[b, j]``; ``source`` names where the weights came from (the region and the batch layout),
+    so that blocks with the same layout share one bias."""
 
     start: int
     count: int
     weights: torch.Tensor
+    source: tuple = ()
 
 
 class RegionLedger:
@@ -140,9 +142,10 @@ class RegionLedger:
                 "Connect that node before the Apply Context nodes.")
 
     def bias(self, keys: list[RegionKeys], queries: int, total_keys: int, dtype, device) -> torch.Tensor:
-        """The additive attention mask [B, 1, queries, total_keys]; blocks with the same key layout share one."""
-        cache_key = (tuple((k.start, k.count, id(k.weights)) for k in keys), queries, total_keys, dtype, str(device))
-        if cache_key not in self._biases:
+        """The additive attention mask [B, 1, queries, total_keys]; blocks with the same key layout share one
+        (keys without a ``source`` never share)."""
+        cache_key = (tuple((k.start, k.count, k.source) for k in keys), queries, total_keys, dtype, str(device))
+        if any(not k.source for k in keys) or cache_key not in self._biases:
             batch = keys[0].weights.shape[0]
             bias = torch.zeros(batch, 1, queries, total_keys, dtype=dtype, device=device)
             for region in keys:

@@ -127,12 +127,14 @@ def test_the_bias_hides_keys_outside_and_keeps_the_prompt_keys():
     from anima_context.regions import RegionKeys
 
     weights = torch.tensor([[1.0, 0.5, 0.0]])
-    keys = [RegionKeys(5, 2, weights)]
+    keys = [RegionKeys(5, 2, weights, ("region a", 1, ()))]
     bias = ledger.bias(keys, 3, 7, torch.float32, "cpu")
     assert bias.shape == (1, 1, 3, 7) and bias[..., :5].eq(0).all()
     assert bias[0, 0, 0, 5:].eq(0).all() and torch.allclose(bias[0, 0, 1, 5:], torch.log(torch.tensor(0.5)))
     assert bias[0, 0, 2, 5:].eq(NEG_BIAS).all()
     assert ledger.bias(keys, 3, 7, torch.float32, "cpu") is bias  # blocks with the same layout share one
+    other = ledger.bias([RegionKeys(5, 2, weights.flip(-1), ("region b", 1, ()))], 3, 7, torch.float32, "cpu")
+    assert other[0, 0, 2, 5:].eq(0).all()  # another region at the same keys is not served the first one's bias
 
 
 def test_keys_are_taken_by_their_own_blocks_attention_only():
