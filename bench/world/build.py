@@ -205,8 +205,9 @@ class Builder:
             oracle = self.record["checks"]["oracle"]
             if not oracle["ready"]:
                 self.log(f"world NOT ready in {self.out}: the oracle reaches {_rates(oracle['held_out'])} on the held-out "
-                         f"characters, below {_rates(oracle['targets'])}; train the DiT longer (--dit-steps) before "
-                         "benchmarking on it")
+                         f"characters, below {_rates(oracle['targets'])}; the oracle cannot read more identity than the "
+                         f"classifier does on true renders ({self.record['checks']['classifier_fresh']['identity']:.0%}): "
+                         "improve whichever is lower (the classifier, or the DiT with --dit-steps) before benchmarking on it")
                 return self.out
         self.log(f"world ready in {self.out}: {json.dumps(self.record.get('checks', {}))}")
         return self.out
