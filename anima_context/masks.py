@@ -20,23 +20,29 @@ NO_ALPHA_HINT = (" A 64x64 mask is what Load Image gives a picture without trans
                  "use a cut-out PNG with a transparent background, or the plain Train Context Tokens node.")
 
 
+def mask_batch(part, name: str, error: type[Exception]) -> torch.Tensor:
+    """One MASK input ([N, H, W] or [H, W]) as float32 [N, H, W] in 0..1 (NaN to 0), or ``error``
+    naming ``name`` and what to connect."""
+    if not isinstance(part, torch.Tensor):
+        raise error(f"{name} is a {type(part).__name__}, not a MASK tensor.")
+    if part.ndim == 2:
+        part = part.unsqueeze(0)
+    if part.ndim == 4 and part.shape[-1] in (1, 3, 4):
+        raise error(f"{name} has shape {tuple(part.shape)}, which looks like an IMAGE; connect "
+                    "a MASK ([batch, height, width]), e.g. through an Image To Mask node.")
+    if part.ndim != 3 or 0 in part.shape:
+        raise error(f"{name} has shape {tuple(part.shape)}; a MASK is [batch, height, width].")
+    part = part.float() if part.is_floating_point() else part.float() / 255.0
+    return torch.nan_to_num(part, nan=0.0, posinf=1.0, neginf=0.0).clamp(0.0, 1.0)
+
+
 def validate_masks(mask, reference_count: int) -> list[torch.Tensor]:
     """A MASK input ([N, H, W] or [H, W]), or a list of them for references of different sizes, as a
     list of float32 [H, W] masks in 0..1: one for all references, or one per reference."""
     parts = list(mask) if isinstance(mask, (list, tuple)) else [mask]
     masks = []
     for part in parts:
-        if not isinstance(part, torch.Tensor):
-            raise InvalidTrainingMaskError(f"training_mask is a {type(part).__name__}, not a MASK tensor.")
-        if part.ndim == 2:
-            part = part.unsqueeze(0)
-        if part.ndim == 4 and part.shape[-1] in (1, 3, 4):
-            raise InvalidTrainingMaskError(f"training_mask has shape {tuple(part.shape)}, which looks like an IMAGE; connect "
-                                           "a MASK ([batch, height, width]), e.g. through an Image To Mask node.")
-        if part.ndim != 3 or 0 in part.shape:
-            raise InvalidTrainingMaskError(f"training_mask has shape {tuple(part.shape)}; a MASK is [batch, height, width].")
-        part = part.float() if part.is_floating_point() else part.float() / 255.0
-        masks.extend(torch.nan_to_num(part, nan=0.0, posinf=1.0, neginf=0.0).clamp(0.0, 1.0).unbind(0))
+        masks.extend(mask_batch(part, "training_mask", InvalidTrainingMaskError).unbind(0))
     if len(masks) not in (1, reference_count):
         raise InvalidTrainingMaskError(
             f"training_mask holds {len(masks)} masks for {reference_count} reference images: connect one mask for all "

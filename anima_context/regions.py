@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InvalidContextMaskError
+from .masks import mask_batch
 
 LEDGER_KEY = "anima_fasttrain_regions"
 # Far below any cross-attention logit (RMS-normalised queries and keys keep them within tens), so exp()
@@ -40,17 +41,7 @@ class ContextRegion:
     image token for the latent grids it is sampled on."""
 
     def __init__(self, mask):
-        if not isinstance(mask, torch.Tensor):
-            raise InvalidContextMaskError(f"mask is a {type(mask).__name__}, not a MASK tensor.")
-        if mask.ndim == 2:
-            mask = mask.unsqueeze(0)
-        if mask.ndim == 4 and mask.shape[-1] in (1, 3, 4):
-            raise InvalidContextMaskError(f"mask has shape {tuple(mask.shape)}, which looks like an IMAGE; connect a "
-                                          "MASK ([batch, height, width]), e.g. through an Image To Mask node.")
-        if mask.ndim != 3 or 0 in mask.shape:
-            raise InvalidContextMaskError(f"mask has shape {tuple(mask.shape)}; a MASK is [batch, height, width].")
-        mask = mask.detach().to("cpu", torch.float32) if mask.is_floating_point() else mask.detach().cpu().float() / 255.0
-        self.mask = torch.nan_to_num(mask, nan=0.0, posinf=1.0, neginf=0.0).clamp(0.0, 1.0)
+        self.mask = mask_batch(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask, "mask", InvalidContextMaskError)
         self._weights: dict[tuple, torch.Tensor] = {}
 
     @property

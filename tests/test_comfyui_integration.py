@@ -459,6 +459,11 @@ def test_no_mask_is_bit_identical_to_the_unmasked_apply(pack, anima, trained):
         (ones,) = apply.apply(anima, context, 1.0, mask=torch.ones(1, 64, 64))
     options = unmasked.model_options["transformer_options"]
     assert "optimized_attention_override" not in options and "post_input" not in options["patches"]
-    assert torch.equal(_sample(unmasked, positive, negative), _sample(unmasked, positive, negative))
+    # the patch as Apply Context built it before masks existed: the same sample, bit for bit
+    from anima_context.patch import ContextTokenPatch
+
+    before = anima.clone()
+    before.set_model_attn2_patch(ContextTokenPatch(context.tokens, strength=1.0, apply_to="positive"))
+    assert torch.equal(_sample(unmasked, positive, negative), _sample(before, positive, negative))
     with_context = _sample(unmasked, positive, negative)
     assert (_sample(ones, positive, negative) - with_context).abs().max() <= 1e-5 * with_context.abs().max()
