@@ -120,6 +120,61 @@ def test_the_dit_also_trains_on_the_extras_and_a_brought_vae_encodes_the_picture
     assert (second / build.DIT_FILE).is_file()
 
 
+def test_a_second_dit_round_goes_on_from_the_first_and_leaves_it_kept(comfy, tmp_path):
+    """``dit_more_steps`` trains the first round's DiT further without redoing it; the first round's weights are
+    kept, so changing the second round starts from them again, and 0 gives the first round back."""
+    from dataclasses import replace
+
+    from safetensors.torch import load_file
+
+    from bench.world import build
+
+    smoke = replace(build.SCALES["smoke"], tag_share=0.0, extras=0)
+    out = build.Builder(tmp_path, smoke, log=lambda _: None).build()
+    first = load_file(str(out / "data" / "dit_first_round.safetensors"))
+    assert all(torch.equal(first[k], v) for k, v in load_file(str(out / build.DIT_FILE)).items())
+    lines = []
+    build.Builder(out, replace(smoke, dit_more_steps=2), log=lines.append).build()
+    assert "[dit more]" in lines and "[dit]" not in lines and "[classifier]" not in lines and "[samples]" in lines
+    second = load_file(str(out / build.DIT_FILE))
+    trained = [k for k in second if not k.startswith("llm_adapter.")]
+    assert any(not torch.equal(first[k], second[k]) for k in trained)
+    assert all(torch.equal(first[k], second[k]) for k in second if k.startswith("llm_adapter."))
+    assert all(torch.equal(first[k], v) for k, v in load_file(str(out / "data" / "dit_first_round.safetensors")).items())
+    build.Builder(out, smoke, log=lambda _: None).build()
+    assert all(torch.equal(first[k], v) for k, v in load_file(str(out / build.DIT_FILE)).items())
+
+
+def test_a_world_packs_into_a_small_artifact_and_unpacks_to_the_same_files(comfy, tmp_path):
+    """The artifact keeps only what the build learnt; unpacking makes the random LLM adapter and text encoder
+    again from their seeds, and the world it gives is the packed one tensor for tensor and byte for byte."""
+    from dataclasses import replace
+
+    from safetensors.torch import load_file
+
+    from bench.world import artifact, build, classifier
+
+    out = build.Builder(tmp_path / "built", replace(build.SCALES["smoke"], tag_share=0.0, extras=0), log=lambda _: None).build()
+    packed = artifact.pack(out, tmp_path / "world.tar", say=lambda _: None)
+    weights = sum((out / name).stat().st_size for name in (build.DIT_FILE, build.TEXT_ENCODER_FILE))
+    assert packed.stat().st_size < weights / 3
+    restored = artifact.unpack(packed, tmp_path / "restored", say=lambda _: None)
+    original, again = load_file(str(out / build.DIT_FILE)), load_file(str(restored / build.DIT_FILE))
+    assert set(original) == set(again) and all(torch.equal(original[k], again[k]) for k in original)
+    for name in (build.TEXT_ENCODER_FILE, build.VAE_FILE, "classifier.pt", "world.json"):
+        assert (restored / name).read_bytes() == (out / name).read_bytes(), name
+    classifier.load_classifier(restored)
+    # a packed world whose adapter its seed does not make is refused, not packed wrong
+    broken = dict(original)
+    name = next(k for k in broken if k.startswith("llm_adapter."))
+    broken[name] = broken[name] + 1
+    from safetensors.torch import save_file
+
+    save_file(broken, str(out / build.DIT_FILE))
+    with pytest.raises(RuntimeError, match="LLM adapter"):
+        artifact.pack(out, tmp_path / "broken.tar", say=lambda _: None)
+
+
 def test_a_world_built_before_a_setting_existed_is_not_rebuilt(tmp_path):
     """A folder recorded before per-stage records, and before ``extras`` existed, counts as built with the
     settings' defaults: adding a setting does not retrain a 45-minute DiT."""
