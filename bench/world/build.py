@@ -392,6 +392,9 @@ class Builder:
         c = self.config
         first = self._first_round_file()
         if not first.is_file():
+            if path.is_file() and json.loads(path.read_text()).get("steps"):  # e.g. an unpacked world (artifact.py)
+                raise RuntimeError(f"{self.out / DIT_FILE} is a second round's DiT and the first round's file ({first}) is "
+                                   "gone: delete the DiT file to build both rounds again")
             shutil.copyfile(self.out / DIT_FILE, first)
         if c.dit_more_steps > 0:
             model = dit.build_model(load_file(str(first)))
