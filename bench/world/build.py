@@ -381,8 +381,9 @@ class Builder:
         return self.data / "dit_first_round.safetensors"
 
     def _make_dit_more(self, path: Path) -> None:
-        """Go on training the first round's DiT (kept as data/dit_first_round.safetensors, so a changed second
-        round starts from it again) for ``dit_more_steps``; the result replaces the world's DiT file."""
+        """Go on training the first round's DiT for ``dit_more_steps``; the result replaces the world's DiT file and
+        the first round's is kept as data/dit_first_round.safetensors, so a changed second round starts from it
+        again and 0 steps puts it back."""
         import shutil
 
         from safetensors.torch import load_file, save_file
@@ -391,18 +392,18 @@ class Builder:
 
         c = self.config
         first = self._first_round_file()
-        if not first.is_file():
-            if path.is_file() and json.loads(path.read_text()).get("steps"):  # e.g. an unpacked world (artifact.py)
-                raise RuntimeError(f"{self.out / DIT_FILE} is a second round's DiT and the first round's file ({first}) is "
-                                   "gone: delete the DiT file to build both rounds again")
-            shutil.copyfile(self.out / DIT_FILE, first)
+        if not first.is_file() and path.is_file() and json.loads(path.read_text()).get("steps"):  # e.g. an unpacked world
+            raise RuntimeError(f"{self.out / DIT_FILE} is a second round's DiT and the first round's file ({first}) is "
+                               "gone: delete the DiT file to build both rounds again")
         if c.dit_more_steps > 0:
+            if not first.is_file():
+                shutil.copyfile(self.out / DIT_FILE, first)
             model = dit.build_model(load_file(str(first)))
             state = self._train_dit(model, c.dit_more_steps, c.dit_more_lr, c.seed + 1,  # new draws
                                     self.data / f"dit_more_training_{self.settings_tag('dit more')}.pt")
             save_file({k: v.float().contiguous() for k, v in state.items()}, str(self.out / DIT_FILE))
-        else:
-            shutil.copyfile(first, self.out / DIT_FILE)
+        elif first.is_file():  # no second round (any more): the first round's DiT is the world's
+            first.replace(self.out / DIT_FILE)
         path.write_text(json.dumps({"steps": c.dit_more_steps, "lr": c.dit_more_lr}))
 
     def _make_samples(self, path: Path) -> None:
