@@ -32,7 +32,7 @@ from .demo_models import demo_paths, write_demo_models
 from .errors import AnimaFastTrainError
 from .image_files import ImageFileError, load_image, load_mask, masks_for_references
 from .images import SIZE_MULTIPLE
-from .patch import APPLY_TO_CHOICES, check_sampling_range
+from .patch import APPLY_TO_CHOICES, DEFAULT_APPLY_TO, DEFAULT_START_PERCENT, check_sampling_range
 from .trainer import COMPUTE_DTYPES
 
 PACK_DIR = Path(os.path.abspath(__file__)).parents[1]
@@ -184,9 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--height", type=_multiple_of_16, default=1024, help="image height, a multiple of 16 (default: 1024).")
     sample.add_argument("--strength", type=float, default=1.0,
                         help="scales what the tokens contribute: 1 as trained, 0 renders the plain model's image (default: 1).")
-    sample.add_argument("--apply-to", choices=APPLY_TO_CHOICES, default="positive",
-                        help="which prompt's rows get the tokens (default: positive, so guidance does not cancel them).")
-    sample.add_argument("--start-percent", type=_percent, default=0.0, help="part of sampling where the tokens start to act (default: 0).")
+    sample.add_argument("--apply-to", choices=APPLY_TO_CHOICES, default=DEFAULT_APPLY_TO,
+                        help=f"which prompt's rows get the tokens (default: {DEFAULT_APPLY_TO}, so guidance does not multiply them).")
+    sample.add_argument("--start-percent", type=_percent, default=DEFAULT_START_PERCENT,
+                        help=f"part of sampling where the tokens start to act (default: {DEFAULT_START_PERCENT}: the prompt "
+                             "lays out the scene first).")
     sample.add_argument("--end-percent", type=_percent, default=1.0, help="part of sampling where they stop acting (default: 1).")
     sample.add_argument("--blocks", default="all",
                         help="blocks that get their tokens: all, a range 0-13, a list 0,3,5-7, or one weight per block "

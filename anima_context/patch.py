@@ -19,6 +19,11 @@ from .regions import ContextRegion, RegionKeys, ledger_of
 # ComfyUI's labels for the chunks of a sampling batch (comfy/samplers.py: COND = 0, UNCOND = 1).
 COND, UNCOND = 0, 1
 APPLY_TO_CHOICES = ("positive", "negative", "both")
+# Apply Context's defaults, chosen on the tag world's identity benchmark (bench/world/README.md): in both
+# prompts' rows, so classifier-free guidance does not multiply the tokens' pull (with "positive" it scrambled
+# the picture and brought the references' scene along), and from 10% of sampling on, so the prompt lays out the
+# scene first. Later starts keep more of the scene and less of the character.
+DEFAULT_APPLY_TO, DEFAULT_START_PERCENT = "both", 0.1
 
 
 class ContextTokenPatch:

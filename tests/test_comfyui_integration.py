@@ -396,8 +396,9 @@ def test_masked_contexts_are_exact_on_comfyuis_attention_through_the_sampler(pac
     apply = pack.NODE_CLASS_MAPPINGS["AnimaFastTrainApplyContext"]()
     mask_a, mask_b = _two_character_masks(64)
     with torch.inference_mode():
-        (first,) = apply.apply(anima, strong, 1.0, apply_to="both", mask=mask_a)
-        (both,) = apply.apply(first, context, 1.0, mask=mask_b)
+        # from the first step: the one sampling step below is the first (the default start would skip it)
+        (first,) = apply.apply(anima, strong, 1.0, apply_to="both", start_percent=0.0, mask=mask_a)
+        (both,) = apply.apply(first, context, 1.0, apply_to="positive", start_percent=0.0, mask=mask_b)
     latent = torch.zeros(2, 16, 1, 16, 16)
     noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(5))
     with CrossAttentionCalls(anima.model.diffusion_model) as calls, torch.inference_mode(), caplog.at_level("WARNING"):
@@ -455,8 +456,9 @@ def test_no_mask_is_bit_identical_to_the_unmasked_apply(pack, anima, trained):
     negative = clip.encode_from_tokens_scheduled("")
     apply = pack.NODE_CLASS_MAPPINGS["AnimaFastTrainApplyContext"]()
     with torch.inference_mode():
-        (unmasked,) = apply.apply(anima, context, 1.0)
-        (ones,) = apply.apply(anima, context, 1.0, mask=torch.ones(1, 64, 64))
+        # the settings the patch below had before masks existed (not today's defaults)
+        (unmasked,) = apply.apply(anima, context, 1.0, apply_to="positive", start_percent=0.0)
+        (ones,) = apply.apply(anima, context, 1.0, apply_to="positive", start_percent=0.0, mask=torch.ones(1, 64, 64))
     options = unmasked.model_options["transformer_options"]
     assert "optimized_attention_override" not in options and "post_input" not in options["patches"]
     # the patch as Apply Context built it before masks existed: the same sample, bit for bit

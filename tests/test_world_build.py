@@ -271,3 +271,17 @@ def test_the_tag_world_smoke_build_trains_on_tagged_captions_and_runs_its_oracle
     assert {"edit_outfit_asked", "edit_outfit_kept", "edit_accessory_asked", "edit_accessory_kept"} <= set(row)
     assert row["reference_background"] != row["target_background"]
     assert (tmp_path / "bench" / "results.json").is_file() and (tmp_path / "bench" / "grid.png").is_file()
+    # each trained context's lift (what the info text shows) is kept, and ranked against the scores
+    assert {"context_lift", "partial_lift"} <= set(row) and result["lift_tracking"]["trainings"] == 2
+    # --rows screens a candidate with fewer rows: only the context is trained, sampled and scored
+    said = []
+    screened = tag_benchmark.run(tag_benchmark.build_parser().parse_args(
+        ["--world", str(out), "--out", str(tmp_path / "screen"), "--split", "u00", "--refs", "1", "--seeds", "2",
+         "--train-kwargs", '{"training_steps": 2}', "--threads", "1", "--rows", "context"]), say=said.append)
+    (row,) = screened["rows"]
+    assert {f"context_{k}" for k in tag_benchmark.SCORES} <= set(row)
+    assert not any(key.startswith(("oracle_", "plain_", "partial_", "edit_")) for key in row)
+    assert any(line.startswith("  context") for text in said for line in text.splitlines())
+    assert not any(line.startswith("  oracle") for text in said for line in text.splitlines())
+    with pytest.raises(SystemExit, match="--rows"):
+        tag_benchmark.main(["--world", str(out), "--out", str(tmp_path / "x"), "--split", "u00", "--rows", "contxt"])

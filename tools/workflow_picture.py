@@ -64,6 +64,16 @@ FONT_FILES = {
 }
 
 
+def apply_defaults(patch_py: Path = REPO / "anima_context" / "patch.py") -> tuple[str, float]:
+    """Apply Context's (DEFAULT_APPLY_TO, DEFAULT_START_PERCENT), read as literals from patch.py (no torch)."""
+    for statement in ast.parse(patch_py.read_text(encoding="utf-8")).body:
+        if isinstance(statement, ast.Assign) and isinstance(statement.targets[0], ast.Tuple):
+            names = [getattr(t, "id", None) for t in statement.targets[0].elts]
+            if names == ["DEFAULT_APPLY_TO", "DEFAULT_START_PERCENT"]:
+                return ast.literal_eval(statement.value)
+    raise RuntimeError(f"{patch_py} has no DEFAULT_APPLY_TO, DEFAULT_START_PERCENT")
+
+
 def pack_display_names(nodes_py: Path = REPO / "nodes.py") -> dict[str, str]:
     """NODE_DISPLAY_NAME_MAPPINGS from nodes.py, read as a literal (importing nodes.py would need torch)."""
     tree = ast.parse(nodes_py.read_text(encoding="utf-8"))
@@ -382,9 +392,10 @@ def pipeline(workflow: dict) -> list[tuple[str, bool]]:
         steps.append(("Load Context" + (" (later)" if later else ""), later))
     applies = _active(workflow, "AnimaFastTrainApplyContext") + _muted(workflow, "AnimaFastTrainApplyContext")
     for node in applies:
-        strength, _, start, end, blocks = (node.get("widgets_values") or [1.0, "positive", 0.0, 1.0, "all"])[:5]
+        apply_to, default_start = apply_defaults()
+        strength, _, start, end, blocks = (node.get("widgets_values") or [1.0, apply_to, default_start, 1.0, "all"])[:5]
         details = []
-        if (start, end) != (0.0, 1.0):
+        if (start, end) != (default_start, 1.0):
             details.append(f"steps {start * 100:g}-{end * 100:g}%")
         if blocks != "all":
             details.append(f"blocks {blocks}")

@@ -105,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu", action="store_true")
     p.add_argument("--classifier-standin", action="store_true", help="mechanics tests only")
     p.add_argument("--no-grid", action="store_true")
+    p.add_argument("--rows", default=",".join(ROWS),
+                   help="the rows to run, comma-separated (default all): fewer rows screen a candidate faster")
     return p
 
 
@@ -119,6 +121,9 @@ def run(args, say=print) -> dict:
     refs = [int(r) for r in args.refs.split(",")]
     train_seeds = [int(s) for s in args.train_seeds.split(",")]
     characters = tags.pick(args.split)
+    wanted = [name.strip() for name in args.rows.split(",") if name.strip()]
+    if not wanted or set(wanted) - set(ROWS):
+        raise SystemExit(f"error: --rows {args.rows!r}: choose from {', '.join(ROWS)}")
     started = time.perf_counter()
     with torch.inference_mode():
         meta, model, clip, vae = scene_benchmark.load_world(args.world, glue)
@@ -144,10 +149,9 @@ def run(args, say=print) -> dict:
             noise = 2000 + index_of(character)
             negative = prompt_for(b_ref) if args.negative == "reference-scene" else ""
             full_tags, hair = attribute_tags(character.values), hair_tag(character.values)
-            fixed = {
-                "oracle": scene_benchmark.score(classifier, draw(model, tag_prompt(full_tags, b_tgt), "", noise), character, b_tgt, b_ref),
-                "plain": scene_benchmark.score(classifier, draw(model, prompt_for(b_tgt), negative, noise), character, b_tgt, b_ref),
-            }
+            fixed_prompts = {"oracle": (tag_prompt(full_tags, b_tgt), ""), "plain": (prompt_for(b_tgt), negative)}
+            fixed = {name: scene_benchmark.score(classifier, draw(model, *fixed_prompts[name], noise), character, b_tgt, b_ref)
+                     for name in fixed_prompts if name in wanted}
             references = references_for(character, max(refs), size)
             for n in refs:
                 for train_seed in train_seeds:
@@ -156,26 +160,37 @@ def run(args, say=print) -> dict:
                            "target_background": b_tgt}
                     row.update({f"{name}_{k}": fixed[name][k] for name in fixed for k in SCORES})
                     contexts = {}
+                    trained_kinds = [kind for kind in ("context", "partial") if kind in wanted
+                                     or (kind == "context" and {"edit_outfit", "edit_accessory"} & set(wanted))]
                     for kind, prompt in (("context", default_prompt), ("partial", tag_prompt(hair, b_ref))):
+                        if kind not in trained_kinds:
+                            continue
                         kwargs = scene_benchmark.train_inputs(character, references[:n], prompt, train_seed, size, settings)
                         mark = time.perf_counter()
                         contexts[kind] = train_node.train(model, clip, vae, **kwargs)[0]
                         row[f"{kind}_train_seconds"] = round(time.perf_counter() - mark, 2)
+                        # the reference fit the info text shows, to see whether it tracks the benchmark
+                        row[f"{kind}_lift"] = round(float(contexts[kind].metadata["lift"]), 4)
                     patched = {kind: apply_node.apply(model, context, **{"strength": 1.0, **args.apply_kwargs})[0]
                                for kind, context in contexts.items()}
-                    context_latents = draw(patched["context"], prompt_for(b_tgt), negative, noise)
-                    scored = {"context": scene_benchmark.score(classifier, context_latents, character, b_tgt, b_ref),
-                              "partial": scene_benchmark.score(classifier, draw(patched["partial"], tag_prompt(hair, b_tgt),
-                                                                                negative, noise), character, b_tgt, b_ref)}
+                    scored = {}
+                    if "context" in wanted:
+                        context_latents = draw(patched["context"], prompt_for(b_tgt), negative, noise)
+                        scored["context"] = scene_benchmark.score(classifier, context_latents, character, b_tgt, b_ref)
+                    if "partial" in wanted:
+                        scored["partial"] = scene_benchmark.score(classifier, draw(patched["partial"], tag_prompt(hair, b_tgt),
+                                                                                   negative, noise), character, b_tgt, b_ref)
                     for name, value in scored.items():
                         row.update({f"{name}_{k}": value[k] for k in SCORES})
                     for name, attribute in (("edit_outfit", OUTFIT), ("edit_accessory", ACCESSORY)):
+                        if name not in wanted:
+                            continue
                         asked = edited(character.values, attribute)
                         latents = draw(patched["context"], tag_prompt(edit_tag(asked, attribute), b_tgt), negative, noise)
                         row.update({f"{name}_{k}": v for k, v in edit_score(classifier, latents, character, asked, attribute).items()})
                     results.append(row)
                     say("TAGROW " + json.dumps(row))
-                    if not args.no_grid and train_seed == train_seeds[0]:
+                    if not args.no_grid and train_seed == train_seeds[0] and {"oracle", "context"} <= set(wanted):
                         hits = scored["context"]
                         grid_rows.append(GridRow(
                             title=f"{character.name} refs={n}", detail=[full_tags, f"ref: {b_ref}", f"ask: {b_tgt}",
@@ -186,10 +201,15 @@ def run(args, say=print) -> dict:
                             context_hits=list(zip(hits["identity_hits"], hits["background_hits"]))[:4]))
     summaries = summarize(results, refs)
     say(table(summaries))
+    tracking = lift_tracking(results)
+    if tracking["trainings"]:
+        say(f"lift (info) against the benchmark over {tracking['trainings']} trainings: spearman "
+            f"{_rounded(tracking['identity_spearman'])} with identity, {_rounded(tracking['attributes_spearman'])} "
+            f"with attributes, {_rounded(tracking['both_spearman'])} with both")
     for summary in summaries:
         say("TAGSUMMARY " + json.dumps({"label": args.label, **summary}))
     args.out.mkdir(parents=True, exist_ok=True)
-    output = {"label": args.label, "split": args.split, "rows": results, "summaries": summaries,
+    output = {"label": args.label, "split": args.split, "rows": results, "summaries": summaries, "lift_tracking": tracking,
               "seconds": round(time.perf_counter() - started, 1), "world": str(args.world)}
     (args.out / "results.json").write_text(json.dumps(output, indent=1))
     if grid_rows:
@@ -209,15 +229,34 @@ def summarize(rows: list[dict], refs: list[int]) -> list[dict]:
     return out
 
 
+def lift_tracking(rows: list[dict]) -> dict:
+    """Spearman rank correlation, over every trained context (context and partial rows of every character and
+    reference count), of the info text's reference fit (lift) with the benchmark's scores."""
+    pairs = [(row[f"{kind}_lift"], {k: row[f"{kind}_{k}"] for k in ("identity", "attributes", "both")})
+             for row in rows for kind in ("context", "partial") if f"{kind}_lift" in row and f"{kind}_identity" in row]
+    lifts = [lift for lift, _ in pairs]
+    return {"trainings": len(pairs),
+            **{f"{k}_spearman": scene_benchmark.spearman(lifts, [scores[k] for _, scores in pairs])
+               for k in ("identity", "attributes", "both")}}
+
+
+def _rounded(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.2f}"
+
+
 def table(summaries: list[dict]) -> str:
     lines = []
     for s in summaries:
         lines.append(f"{s['n_refs']} reference(s), {s['rows']} trainings     ident%   attr%    bg%  leak%  both%  train s")
         for name in ("oracle", "plain", "context", "partial"):
+            if f"{name}_identity" not in s:
+                continue
             seconds = s.get(f"{name}_train_seconds")
             lines.append(f"  {name:<26}" + "".join(f"{100 * s[f'{name}_{k}']:7.0f}" for k in SCORES)
                          + (f"{seconds:9.1f}" if seconds is not None else f"{'-':>9}"))
         for name in ("edit_outfit", "edit_accessory"):
+            if f"{name}_asked" not in s:
+                continue
             lines.append(f"  {name:<26} asked {100 * s[f'{name}_asked']:.0f}%, other four kept {100 * s[f'{name}_kept']:.0f}% "
                          f"(attributes {100 * s[f'{name}_kept_attributes']:.0f}%)")
     return "\n".join(lines)
