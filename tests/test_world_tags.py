@@ -6,6 +6,8 @@ character's values."""
 import itertools
 import re
 
+import pytest
+
 from bench.world import tags
 from bench.world.characters import ATTRIBUTES, attribute_vector, tagged_prompt_for
 
@@ -77,3 +79,25 @@ def test_the_classifier_meets_each_character_in_poses_of_its_own_and_keeps_them_
     i, b, s = 2, 3, 1
     picture = distinct.view(len(cast), len(BACKGROUNDS), len(seeds), 32, 32, 3)[i, b, s]
     assert torch.equal(picture, torch.from_numpy(np.array(render(cast[i], BACKGROUNDS[b], 9 + 2 * i, size=32))))
+
+
+def test_lift_tracking_ranks_every_trained_context_against_its_scores():
+    """The tag benchmark's check of the info text's lift: one pair per trained context (context and partial rows),
+    skipping a kind that was not trained, and Spearman ranks, so a lift that orders the contexts as identity does
+    scores +1 and one that orders them backwards -1."""
+    from bench.world.tag_benchmark import lift_tracking
+
+    def row(context, partial=None):
+        out = {"context_lift": context[0], "context_identity": context[1], "context_attributes": context[2],
+               "context_both": context[1]}
+        if partial is not None:
+            out.update({"partial_lift": partial[0], "partial_identity": partial[1], "partial_attributes": partial[2],
+                        "partial_both": partial[1]})
+        return out
+
+    rows = [row((0.1, 0.0, 0.9), (0.2, 0.1, 0.8)), row((0.3, 0.2, 0.7)), row((0.4, 0.5, 0.6), (0.5, 0.6, 0.5))]
+    tracking = lift_tracking(rows)
+    assert tracking["trainings"] == 5
+    assert tracking["identity_spearman"] == pytest.approx(1.0) and tracking["both_spearman"] == pytest.approx(1.0)
+    assert tracking["attributes_spearman"] == pytest.approx(-1.0)
+    assert lift_tracking([row((0.1, 0.0, 0.9))])["identity_spearman"] is None  # too few to rank

@@ -37,6 +37,7 @@ SCORES = ("identity", "attributes", "background", "leak", "both")
 PROMPT_HEAD = "1girl, solo, standing, full body"
 REFERENCE_SEEDS = 300_000  # fresh seeds for the tag world's references, apart from the scene world's
 OUTFIT, ACCESSORY = list(ATTRIBUTES).index("outfit_colour"), list(ATTRIBUTES).index("accessory")
+EDITS = ("edit_outfit", "edit_accessory")  # rows sampled with the context row's context
 
 
 def index_of(character) -> int:
@@ -121,9 +122,10 @@ def run(args, say=print) -> dict:
     refs = [int(r) for r in args.refs.split(",")]
     train_seeds = [int(s) for s in args.train_seeds.split(",")]
     characters = tags.pick(args.split)
-    wanted = [name.strip() for name in args.rows.split(",") if name.strip()]
-    if not wanted or set(wanted) - set(ROWS):
+    wanted = {name.strip() for name in args.rows.split(",") if name.strip()}
+    if not wanted or wanted - set(ROWS):
         raise SystemExit(f"error: --rows {args.rows!r}: choose from {', '.join(ROWS)}")
+    trained_kinds = {kind for kind in ("context", "partial") if kind in wanted} | ({"context"} if wanted & set(EDITS) else set())
     started = time.perf_counter()
     with torch.inference_mode():
         meta, model, clip, vae = scene_benchmark.load_world(args.world, glue)
@@ -160,8 +162,6 @@ def run(args, say=print) -> dict:
                            "target_background": b_tgt}
                     row.update({f"{name}_{k}": fixed[name][k] for name in fixed for k in SCORES})
                     contexts = {}
-                    trained_kinds = [kind for kind in ("context", "partial") if kind in wanted
-                                     or (kind == "context" and {"edit_outfit", "edit_accessory"} & set(wanted))]
                     for kind, prompt in (("context", default_prompt), ("partial", tag_prompt(hair, b_ref))):
                         if kind not in trained_kinds:
                             continue
@@ -182,7 +182,7 @@ def run(args, say=print) -> dict:
                                                                                    negative, noise), character, b_tgt, b_ref)
                     for name, value in scored.items():
                         row.update({f"{name}_{k}": value[k] for k in SCORES})
-                    for name, attribute in (("edit_outfit", OUTFIT), ("edit_accessory", ACCESSORY)):
+                    for name, attribute in zip(EDITS, (OUTFIT, ACCESSORY)):
                         if name not in wanted:
                             continue
                         asked = edited(character.values, attribute)
@@ -190,7 +190,7 @@ def run(args, say=print) -> dict:
                         row.update({f"{name}_{k}": v for k, v in edit_score(classifier, latents, character, asked, attribute).items()})
                     results.append(row)
                     say("TAGROW " + json.dumps(row))
-                    if not args.no_grid and train_seed == train_seeds[0] and {"oracle", "context"} <= set(wanted):
+                    if not args.no_grid and train_seed == train_seeds[0] and {"oracle", "context"} <= wanted:
                         hits = scored["context"]
                         grid_rows.append(GridRow(
                             title=f"{character.name} refs={n}", detail=[full_tags, f"ref: {b_ref}", f"ask: {b_tgt}",
@@ -254,7 +254,7 @@ def table(summaries: list[dict]) -> str:
             seconds = s.get(f"{name}_train_seconds")
             lines.append(f"  {name:<26}" + "".join(f"{100 * s[f'{name}_{k}']:7.0f}" for k in SCORES)
                          + (f"{seconds:9.1f}" if seconds is not None else f"{'-':>9}"))
-        for name in ("edit_outfit", "edit_accessory"):
+        for name in EDITS:
             if f"{name}_asked" not in s:
                 continue
             lines.append(f"  {name:<26} asked {100 * s[f'{name}_asked']:.0f}%, other four kept {100 * s[f'{name}_kept']:.0f}% "
