@@ -179,14 +179,14 @@ class AnimaFastTrainApplyContext:
             "optional": {
                 "apply_to": (list(APPLY_TO_CHOICES), {
                     "default": DEFAULT_APPLY_TO,
-                    "tooltip": "Which prompt's rows get the tokens. 'both': guidance does not multiply their pull, and the "
-                               "prompt still sets the scene. 'positive' pulls harder, and on the identity benchmark "
-                               "scrambled the picture and brought the references' scene along.",
+                    "tooltip": "Which prompt's rows get the tokens. 'positive': guidance multiplies their pull (on the "
+                               "benchmarks the character comes through only this way). 'both': the prompt keeps more "
+                               "of the scene and the character comes through weakly.",
                 }),
                 "start_percent": ("FLOAT", {"default": DEFAULT_START_PERCENT, "min": 0.0, "max": 1.0, "step": 0.001,
                                             "tooltip": "Part of sampling where the tokens start to act (0 = the first step). "
-                                                       "0.1 lets the prompt lay out the scene first; higher keeps more "
-                                                       "of the scene and less of the character."}),
+                                                       "Higher lets the prompt lay out the scene first: more of the "
+                                                       "scene, less of the character."}),
                 "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.001,
                                           "tooltip": "Part of sampling where the tokens stop acting (1 = the last step)."}),
                 "blocks": ("STRING", {"default": "all",
