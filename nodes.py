@@ -179,8 +179,8 @@ class AnimaFastTrainApplyContext:
             "optional": {
                 "apply_to": (list(APPLY_TO_CHOICES), {
                     "default": DEFAULT_APPLY_TO,
-                    "tooltip": "Which prompt's rows get the tokens. 'positive': guidance multiplies their pull (on the "
-                               "benchmarks the character comes through only this way). 'both': the prompt keeps more "
+                    "tooltip": "Which prompt's rows get the tokens. 'positive': guidance multiplies their pull (on the scene "
+                               "world the character comes through only this way). 'both': the prompt keeps more "
                                "of the scene and the character comes through weakly.",
                 }),
                 "start_percent": ("FLOAT", {"default": DEFAULT_START_PERCENT, "min": 0.0, "max": 1.0, "step": 0.001,
