@@ -396,7 +396,7 @@ def test_masked_contexts_are_exact_on_comfyuis_attention_through_the_sampler(pac
     apply = pack.NODE_CLASS_MAPPINGS["AnimaFastTrainApplyContext"]()
     mask_a, mask_b = _two_character_masks(64)
     with torch.inference_mode():
-        # from the first step: the one sampling step below is the first (the default start would skip it)
+        # from the first step, whatever the defaults: the one sampling step below is the first
         (first,) = apply.apply(anima, strong, 1.0, apply_to="both", start_percent=0.0, mask=mask_a)
         (both,) = apply.apply(first, context, 1.0, apply_to="positive", start_percent=0.0, mask=mask_b)
     latent = torch.zeros(2, 16, 1, 16, 16)
@@ -456,7 +456,7 @@ def test_no_mask_is_bit_identical_to_the_unmasked_apply(pack, anima, trained):
     negative = clip.encode_from_tokens_scheduled("")
     apply = pack.NODE_CLASS_MAPPINGS["AnimaFastTrainApplyContext"]()
     with torch.inference_mode():
-        # the settings the patch below had before masks existed (not today's defaults)
+        # the settings the patch below was built with before masks existed, whatever today's defaults
         (unmasked,) = apply.apply(anima, context, 1.0, apply_to="positive", start_percent=0.0)
         (ones,) = apply.apply(anima, context, 1.0, apply_to="positive", start_percent=0.0, mask=torch.ones(1, 64, 64))
     options = unmasked.model_options["transformer_options"]

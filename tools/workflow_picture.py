@@ -391,8 +391,8 @@ def pipeline(workflow: dict) -> list[tuple[str, bool]]:
     if later or _active(workflow, "AnimaFastTrainLoadContext"):
         steps.append(("Load Context" + (" (later)" if later else ""), later))
     applies = _active(workflow, "AnimaFastTrainApplyContext") + _muted(workflow, "AnimaFastTrainApplyContext")
+    apply_to, default_start = apply_defaults()
     for node in applies:
-        apply_to, default_start = apply_defaults()
         strength, _, start, end, blocks = (node.get("widgets_values") or [1.0, apply_to, default_start, 1.0, "all"])[:5]
         details = []
         if (start, end) != (default_start, 1.0):
