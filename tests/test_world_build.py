@@ -147,6 +147,37 @@ def test_a_second_dit_round_goes_on_from_the_first_and_leaves_it_kept(comfy, tmp
     assert not (out / "data" / "dit_first_round.safetensors").exists()
 
 
+def test_a_third_dit_round_goes_on_from_the_second_and_a_remade_second_round_restarts_it(comfy, tmp_path):
+    """``dit_third_steps`` trains the second round's DiT further at its own batch, keeping the second round's file;
+    making the second round again starts the third from the new second round (it once refused: the later round's
+    record said it had trained, its start was gone), and 0 third steps gives the second round back."""
+    from dataclasses import replace
+
+    from safetensors.torch import load_file
+
+    from bench.world import build
+
+    smoke = replace(build.SCALES["smoke"], tag_share=0.0, extras=0, dit_more_steps=2)
+    out = build.Builder(tmp_path, smoke, log=lambda _: None).build()
+    second = load_file(str(out / build.DIT_FILE))
+    kept = out / "data" / "dit_second_round.safetensors"
+    lines = []
+    build.Builder(out, replace(smoke, dit_third_steps=2, dit_third_batch=2), log=lines.append).build()
+    assert "[dit third]" in lines and "[dit more]" not in lines and "[dit]" not in lines and "[samples]" in lines
+    third = load_file(str(out / build.DIT_FILE))
+    assert any(not torch.equal(second[k], third[k]) for k in third if not k.startswith("llm_adapter."))
+    assert all(torch.equal(second[k], v) for k, v in load_file(str(kept)).items())
+
+    lines = []
+    build.Builder(out, replace(smoke, dit_more_steps=3, dit_third_steps=2, dit_third_batch=2), log=lines.append).build()
+    assert "[dit more]" in lines and "[dit third]" in lines and "[dit]" not in lines
+    new_second = load_file(str(kept))
+    assert any(not torch.equal(second[k], new_second[k]) for k in new_second if not k.startswith("llm_adapter."))
+    build.Builder(out, replace(smoke, dit_more_steps=3), log=lambda _: None).build()
+    assert all(torch.equal(new_second[k], v) for k, v in load_file(str(out / build.DIT_FILE)).items())
+    assert not kept.exists()
+
+
 def test_a_world_packs_into_a_small_artifact_and_unpacks_to_the_same_files(comfy, tmp_path):
     """The artifact keeps only what the build learnt; unpacking makes the random LLM adapter and text encoder
     again from their seeds, and the world it gives is the packed one tensor for tensor and byte for byte."""
