@@ -167,6 +167,7 @@ def test_a_third_dit_round_goes_on_from_the_second_and_a_remade_second_round_res
     third = load_file(str(out / build.DIT_FILE))
     assert any(not torch.equal(second[k], third[k]) for k in third if not k.startswith("llm_adapter."))
     assert all(torch.equal(second[k], v) for k, v in load_file(str(kept)).items())
+    assert json.loads((out / "data" / "dit_third.json").read_text()) == {"steps": 2, "lr": 2e-4, "batch": 2}
 
     lines = []
     build.Builder(out, replace(smoke, dit_more_steps=3, dit_third_steps=2, dit_third_batch=2), log=lines.append).build()

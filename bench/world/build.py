@@ -97,6 +97,11 @@ STAGE_NEEDS = {"render": (), "vae": ("render",), "text encoder": (), "extras": (
                "classifier": ("vae",), "samples": ("dit third", "classifier"), "oracle": ("dit third", "classifier"),
                "dit more": ("dit",), "dit third": ("dit more",)}
 
+# The DiT's training rounds in order; each later one starts from the one before and keeps that DiT in data/ while
+# its own replaces the world's DiT file.
+DIT_ROUNDS = ("dit", "dit more", "dit third")
+ROUND_INPUTS = {"dit more": "dit_first_round.safetensors", "dit third": "dit_second_round.safetensors"}
+
 SCALES = {
     "full": WorldConfig(),
     "smoke": WorldConfig(dit_width=256, vae_dim=8, seeds_per_pair=1, classifier_seeds=1, check_seeds=1, vae_steps=2,
@@ -222,8 +227,8 @@ class Builder:
         self._stage("text encoder", self.out / TEXT_ENCODER_FILE, self._make_text_encoder)
         self._stage("extras", self.data / "extra_latents.pt", self._make_extras)
         self._stage("dit", self.out / DIT_FILE, self._make_dit)
-        self._stage("dit more", self.data / "dit_more.json", self._make_dit_more)
-        self._stage("dit third", self.data / "dit_third.json", self._make_dit_third)
+        self._stage("dit more", self._round_record("dit more"), self._make_dit_more)
+        self._stage("dit third", self._round_record("dit third"), self._make_dit_third)
         self._stage("classifier", self.out / "classifier.pt", self._make_classifier)
         self._stage("samples", self.out / "samples.png", self._make_samples)
         if c.cast == "tags":
@@ -359,7 +364,7 @@ class Builder:
         self.log(f"  {len(latents)} latents, prompt rows kept {contexts.rows} of {dit.PADDED_ROWS}")
         return latents, labels, contexts, tagged_index
 
-    def _train_dit(self, model, steps: int, lr: float, seed: int, checkpoint: Path, batch: int | None = None) -> dict:
+    def _train_dit(self, model, steps: int, lr: float, batch: int, seed: int, checkpoint: Path) -> dict:
         from anima_context.comfy_glue.training import _training_mode
 
         from . import dit
@@ -370,7 +375,7 @@ class Builder:
         contexts.contexts = contexts.contexts.to(device)
         with _training_mode():  # the pack's differentiable rope kernel and ComfyUI's training flag
             return dit.train(model, latents.to(device), labels[:, 5].to(device), contexts, len(world.BACKGROUNDS), steps,
-                             batch or c.dit_batch, lr, seed, checkpoint, self.log,
+                             batch, lr, seed, checkpoint, self.log,
                              tagged_index=None if tagged_index is None else tagged_index.to(device), tag_share=c.tag_share)
 
     def _make_dit(self, path: Path) -> None:
@@ -380,21 +385,20 @@ class Builder:
 
         c = self.config
         model = dit.build_model(dit.init_state(c.dit_width, c.seed))
-        state = self._train_dit(model, c.dit_steps, c.dit_lr, c.seed, self.data / f"dit_training_{self.settings_tag('dit')}.pt")
+        state = self._train_dit(model, c.dit_steps, c.dit_lr, c.dit_batch, c.seed, self.data / f"dit_training_{self.settings_tag('dit')}.pt")
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file({k: v.float().contiguous() for k, v in state.items()}, str(path))
         self._forget_rounds_after("dit")
 
-    def _round_input(self, round_name: str) -> Path:
-        """Where a later round keeps the DiT it started from (while it replaces the world's DiT file)."""
-        return self.data / {"dit more": "dit_first_round.safetensors", "dit third": "dit_second_round.safetensors"}[round_name]
+    def _round_record(self, round_name: str) -> Path:
+        """A later round's stage file: its steps, learning rate and batch."""
+        return self.data / f"{round_name.replace(' ', '_')}.json"
 
     def _forget_rounds_after(self, round_name: str) -> None:
         """A round made again: the later rounds start from its new DiT (their kept inputs and records are stale)."""
-        later = ("dit more", "dit third")[("dit", "dit more", "dit third").index(round_name):]
-        for name in later:
-            self._round_input(name).unlink(missing_ok=True)
-            (self.data / f"{name.replace(' ', '_')}.json").unlink(missing_ok=True)
+        for name in DIT_ROUNDS[DIT_ROUNDS.index(round_name) + 1:]:
+            (self.data / ROUND_INPUTS[name]).unlink(missing_ok=True)
+            self._round_record(name).unlink(missing_ok=True)
 
     def _make_dit_more(self, path: Path) -> None:
         """Go on training the first round's DiT for ``dit_more_steps``; the result replaces the world's DiT file and
@@ -417,7 +421,7 @@ class Builder:
 
         from . import dit
 
-        before = self._round_input(round_name)
+        before = self.data / ROUND_INPUTS[round_name]
         if not before.is_file() and path.is_file() and json.loads(path.read_text()).get("steps"):  # e.g. an unpacked world
             raise RuntimeError(f"{self.out / DIT_FILE} is a later round's DiT and the file it started from ({before}) is "
                                "gone: delete the DiT file to build every round again")
@@ -426,8 +430,8 @@ class Builder:
                 shutil.copyfile(self.out / DIT_FILE, before)
             model = dit.build_model(load_file(str(before)))
             tag = self.settings_tag(round_name)
-            state = self._train_dit(model, steps, lr, seed,  # new draws
-                                    self.data / f"{round_name.replace(' ', '_')}_training_{tag}.pt", batch)
+            state = self._train_dit(model, steps, lr, batch, seed,  # new draws
+                                    self.data / f"{round_name.replace(' ', '_')}_training_{tag}.pt")
             save_file({k: v.float().contiguous() for k, v in state.items()}, str(self.out / DIT_FILE))
         elif before.is_file():  # no such round (any more): the DiT it started from is the world's
             before.replace(self.out / DIT_FILE)
@@ -517,7 +521,7 @@ def main(argv=None) -> int:
     parser.add_argument("--dit-steps", type=int, help="override the DiT's training steps")
     parser.add_argument("--dit-batch", type=int, help="override the DiT's batch")
     parser.add_argument("--dit-more-steps", type=int, help="a second round of DiT training from the first round's weights")
-    parser.add_argument("--dit-third-steps", type=int, help="a third round from the second round's weights (batch 16)")
+    parser.add_argument("--dit-third-steps", type=int, help=f"a third round from the second round's weights (batch {WorldConfig.dit_third_batch})")
     parser.add_argument("--extras", type=int, help="override how many extra combinations the DiT trains on (0: the first rounds' world)")
     parser.add_argument("--oracle-samples", type=int, help="the tag world's oracle: samples per held-out character and scene")
     parser.add_argument("--tag-share", type=float,
