@@ -179,21 +179,26 @@ def test_a_third_dit_round_goes_on_from_the_second_and_a_remade_second_round_res
     assert not kept.exists()
 
 
-def test_a_world_packs_into_a_small_artifact_and_unpacks_to_the_same_files(comfy, tmp_path):
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_a_world_packs_into_a_small_artifact_and_unpacks_to_the_same_files(comfy, tmp_path, dtype):
     """The artifact keeps only what the build learnt; unpacking makes the random LLM adapter and text encoder
-    again from their seeds, and the world it gives is the packed one tensor for tensor and byte for byte."""
+    again from their seeds, and the world it gives is the packed one tensor for tensor and byte for byte. A
+    half-precision world (the tag world's) keeps its trained weights in float16 and its adapter in float32."""
     from dataclasses import replace
 
     from safetensors.torch import load_file
 
     from bench.world import artifact, build, classifier
 
-    out = build.Builder(tmp_path / "built", replace(build.SCALES["smoke"], tag_share=0.0, extras=0), log=lambda _: None).build()
+    config = replace(build.SCALES["smoke"], tag_share=0.0, extras=0, dit_save_dtype=dtype)
+    out = build.Builder(tmp_path / "built", config, log=lambda _: None).build()
     packed = artifact.pack(out, tmp_path / "world.tar", say=lambda _: None)
     weights = sum((out / name).stat().st_size for name in (build.DIT_FILE, build.TEXT_ENCODER_FILE))
     assert packed.stat().st_size < weights / 3
     restored = artifact.unpack(packed, tmp_path / "restored", say=lambda _: None)
     original = load_file(str(out / build.DIT_FILE))
+    assert {v.dtype for k, v in original.items() if k.startswith("llm_adapter.")} == {torch.float32}
+    assert {v.dtype for k, v in original.items() if not k.startswith("llm_adapter.")} == {getattr(torch, dtype)}
     for name in (build.DIT_FILE, build.TEXT_ENCODER_FILE, build.VAE_FILE, "classifier.pt", "world.json"):
         assert (restored / name).read_bytes() == (out / name).read_bytes(), name
     classifier.load_classifier(restored)
@@ -281,7 +286,15 @@ def test_the_tag_world_smoke_build_trains_on_tagged_captions_and_runs_its_oracle
 
     smoke = build.SCALES["tags_smoke"]
     messages = []
+    # a build told to stop after the DiT's rounds (the GPU's part) leaves the classifier and the oracle to a later run
+    out = build.Builder(tmp_path / "tags", smoke, log=messages.append).build(stop_after="dit third")
+    assert (out / build.DIT_FILE).is_file() and not (out / "classifier.pt").exists() and not (out / "oracle.png").exists()
+    assert messages[-1].startswith("stopped after the dit third stage")
+    with pytest.raises(ValueError, match="no stage"):
+        build.Builder(tmp_path / "tags", smoke, log=messages.append).build(stop_after="oracles")
+    messages.clear()
     out = build.Builder(tmp_path / "tags", smoke, log=messages.append).build()
+    assert not any(m == "[dit]" for m in messages)  # the rounds already built are kept
     record = json.loads((out / "world.json").read_text())
     contexts = torch.load(next((out / "data").glob("prompt_contexts_*.pt")))
     assert len(contexts) == len(world.BACKGROUNDS) + 1 + smoke.combinations * len(world.BACKGROUNDS)
@@ -305,12 +318,15 @@ def test_the_tag_world_smoke_build_trains_on_tagged_captions_and_runs_its_oracle
     assert (tmp_path / "bench" / "results.json").is_file() and (tmp_path / "bench" / "grid.png").is_file()
     # each trained context's lift (what the info text shows) is kept, and ranked against the scores
     assert {"context_lift", "partial_lift"} <= set(row) and result["lift_tracking"]["trainings"] == 2
-    # --rows screens a candidate with fewer rows: only the context is trained, sampled and scored
+    assert row["context_masked"] is False
+    # --rows screens a candidate with fewer rows: only the context is trained, sampled and scored; --masks trains
+    # with the references' true character masks
     said = []
     screened = tag_benchmark.run(tag_benchmark.build_parser().parse_args(
         ["--world", str(out), "--out", str(tmp_path / "screen"), "--split", "u00", "--refs", "1", "--seeds", "2",
-         "--train-kwargs", '{"training_steps": 2}', "--threads", "1", "--rows", "context"]), say=said.append)
+         "--train-kwargs", '{"training_steps": 2}', "--threads", "1", "--rows", "context", "--masks"]), say=said.append)
     (row,) = screened["rows"]
+    assert row["context_masked"] is True
     assert {f"context_{k}" for k in tag_benchmark.SCORES} <= set(row)
     assert not any(key.startswith(("oracle_", "plain_", "partial_", "edit_")) for key in row)
     assert any(line.startswith("  context") for text in said for line in text.splitlines())

@@ -104,3 +104,51 @@ def test_both_counts_only_the_character_in_the_asked_scene():
     assert (result["identity"], result["background"], result["both"]) == (0.5, 0.5, 0.0)
     result = score(_Reads([truth, wrong], [in_asked, in_asked]), torch.zeros(2, 16, 1, 8, 8), character, asked, reference)
     assert (result["identity"], result["background"], result["both"]) == (0.5, 1.0, 0.5)
+
+
+def _blob_latents(values: torch.Tensor, rows: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """[N, 16, 1, 8, 8] noise with a 2x2 'figure' whose channel pattern says its attribute value, at row y."""
+    patterns = torch.eye(16)[:3] * 3.0  # value v lights channel v
+    latents = 0.3 * torch.randn(len(values), 16, 8, 8, generator=generator)
+    for k, (v, y) in enumerate(zip(values.tolist(), rows.tolist())):
+        latents[k, :, y:y + 2, 3:5] += patterns[v][:, None, None]
+    return latents[:, :, None]
+
+
+def test_the_pooled_reader_knows_a_figure_where_it_never_stood_and_the_flat_one_does_not():
+    """The tag world draws every picture in a pose of its own: a reader must know a figure wherever it stands.
+    Trained on figures in the top rows only, the pooled classifier reads them in the bottom rows; the flat
+    one (a linear layer over every position) learnt the top rows' weights and guesses at the bottom. (Rows, not
+    columns: training mirrors pictures left to right.)"""
+    generator = torch.Generator().manual_seed(3)
+    n = 240
+    values = torch.randint(0, 3, (n,), generator=generator)
+    targets = torch.zeros(n, 6, dtype=torch.long)
+    targets[:, 0] = values
+    top = _blob_latents(values, torch.randint(0, 3, (n,), generator=generator), generator)
+    test_values = torch.arange(60) % 3
+    bottom = _blob_latents(test_values, torch.randint(5, 7, (60,), generator=generator), generator)
+    read = {}
+    for pooled in (False, True):
+        model = train_classifier(top, targets, steps=400, seed=0, log=lambda *_: None, batch=32, width=16, noise=0.0,
+                                 pooled=pooled)
+        assert (model.classify(top)["attributes"][:, 0] == values).float().mean() > 0.95  # both learn where they saw
+        read[pooled] = float((model.classify(bottom)["attributes"][:, 0] == test_values).float().mean())
+    assert read[True] > 0.95 and read[False] < 0.7, read
+
+
+def test_encoding_a_set_in_chunks_keeps_each_characters_own_poses(monkeypatch):
+    """``encode_set`` renders a few characters at a time; character i must still draw its own block of seeds, so
+    the latents and labels match one ``render_set`` of the whole cast, row for row."""
+    from bench.world import build, vae
+
+    class Pooling:  # a stand-in encoder: 8x8 average pooling keeps each picture's own content
+        def encode(self, x):
+            return torch.nn.functional.avg_pool3d(x, (1, 8, 8))
+
+    monkeypatch.setattr(vae, "encode", lambda module, pixels, batch=64: module.encode(vae.pixels_to_input(pixels)))
+    cast, seeds = world.CHARACTERS[:5], range(8, 10)
+    chunked, labels = build.encode_set(Pooling(), cast, seeds, 32, 1, distinct_poses=True, chunk=2)
+    pictures, whole_labels = render_set(cast, seeds, 32, 1, distinct_poses=True)
+    assert torch.equal(labels, whole_labels)
+    assert torch.allclose(chunked, Pooling().encode(vae.pixels_to_input(build.to_image(pictures))))

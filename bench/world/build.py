@@ -57,6 +57,7 @@ class WorldConfig:
     # "shared": every character drawn in the same poses (seed k is one pose for all); "distinct": each character
     # in poses of its own, so the classifier meets as many poses as pictures and cannot learn the poses by heart
     classifier_poses: str = "shared"
+    classifier_pooled: bool = False  # classifier.LatentClassifier: pool over positions (reads poses it never met)
     dit_steps: int = 2200
     dit_batch: int = 64
     dit_lr: float = 5e-4
@@ -69,6 +70,9 @@ class WorldConfig:
     dit_third_steps: int = 0
     dit_third_lr: float = 2e-4
     dit_third_batch: int = 16
+    # the saved DiT's trained weights (its random LLM adapter stays float32, as the training prompts were encoded
+    # with it): float16 halves the tag world's artifact and what a GPU build sends back
+    dit_save_dtype: str = "float32"
     tag_share: float = 0.0  # share of the DiT's captioned draws that also name the attributes as tags (README, eighth round)
     samples_per_background: int = 8  # the plain model's own samples in samples.png
     sample_steps: int = 12
@@ -85,11 +89,11 @@ STAGE_SETTINGS = {
     "vae": ("vae_dim", "vae_steps", "vae_batch"),
     "text encoder": (),
     "extras": ("extras", "extra_seeds"),
-    "dit": ("dit_width", "dit_steps", "dit_batch", "dit_lr", "tag_share"),
+    "dit": ("dit_width", "dit_steps", "dit_batch", "dit_lr", "tag_share", "dit_save_dtype"),
     "dit more": ("dit_more_steps", "dit_more_lr"),
     "dit third": ("dit_third_steps", "dit_third_lr", "dit_third_batch"),
     "classifier": ("classifier_seeds", "check_seeds", "classifier_steps", "classifier_width", "classifier_split",
-                   "classifier_poses"),
+                   "classifier_poses", "classifier_pooled"),
     "samples": ("samples_per_background", "sample_steps"),
     "oracle": ("oracle_samples", "oracle_scenes", "sample_steps"),
 }
@@ -115,11 +119,11 @@ SCALES = {
     # the tuning set, and a third round of 6,000 steps in batches of 16 took it to 55%)
     "tags": WorldConfig(cast="tags", seeds_per_pair=8, classifier_seeds=24, check_seeds=1, tag_share=7 / 9,
                         classifier_poses="distinct", vae_steps=1000, classifier_steps=20000, dit_steps=1800, dit_batch=64,
-                        dit_lr=6e-4, dit_more_steps=1500, dit_third_steps=6000),
+                        dit_lr=6e-4, dit_more_steps=1500, dit_third_steps=6000, dit_save_dtype="float16"),
     "tags_smoke": WorldConfig(cast="tags", dit_width=256, seeds_per_pair=1, classifier_seeds=1, check_seeds=1, vae_steps=2,
                               vae_batch=4, classifier_steps=2, classifier_width=8, dit_steps=3, dit_batch=4,
                               samples_per_background=1, sample_steps=2, tag_share=7 / 9, oracle_samples=1,
-                              oracle_scenes=1, combinations=4),
+                              oracle_scenes=1, combinations=4, dit_save_dtype="float16"),
 }
 CASTS = ("scenes", "tags")
 
@@ -141,13 +145,15 @@ def _render_one(job):
     return np.asarray(world.render(character, background, seed, size=size), dtype=np.uint8)
 
 
-def render_set(cast, seeds: range, size: int, workers: int, distinct_poses: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def render_set(cast, seeds: range, size: int, workers: int, distinct_poses: bool = False,
+               first_index: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Pictures [N, S, S, 3] uint8 and labels [N, 6] (attributes, background) for every character
     of ``cast`` on every background with every seed. ``distinct_poses`` moves each character's seeds to a
-    block of its own (character i draws seeds.start + i * len(seeds) + k), so no two characters share a pose;
-    a character keeps its poses across backgrounds either way (``same_pose_partners``)."""
+    block of its own (character i draws seeds.start + i * len(seeds) + k, i counted from ``first_index``), so
+    no two characters share a pose; a character keeps its poses across backgrounds either way
+    (``same_pose_partners``)."""
     jobs, labels = [], []
-    for i, character in enumerate(cast):
+    for i, character in enumerate(cast, start=first_index):
         offset = i * len(seeds) if distinct_poses else 0
         for background in world.BACKGROUNDS:
             for seed in seeds:
@@ -163,6 +169,20 @@ def render_set(cast, seeds: range, size: int, workers: int, distinct_poses: bool
 
 def to_image(pictures: torch.Tensor) -> torch.Tensor:
     return pictures.float() / 255.0
+
+
+def encode_set(module, cast, seeds: range, size: int, workers: int, distinct_poses: bool = False,
+               chunk: int = 24) -> tuple[torch.Tensor, torch.Tensor]:
+    """``render_set``'s pictures as raw latents, a few characters at a time: a large classifier set's float
+    pixels would not fit in memory at once."""
+    from . import vae
+
+    raws, labels = [], []
+    for start in range(0, len(cast), chunk):
+        pictures, chunk_labels = render_set(cast[start:start + chunk], seeds, size, workers, distinct_poses, start)
+        raws.append(vae.encode(module, to_image(pictures)))
+        labels.append(chunk_labels)
+    return torch.cat(raws), torch.cat(labels)
 
 
 class Builder:
@@ -217,22 +237,32 @@ class Builder:
 
     # -- stages --
 
-    def build(self) -> Path:
+    def build(self, stop_after: str | None = None) -> Path:
+        """Every stage in order; ``stop_after`` ends the build after that stage (a GPU trains the DiT while
+        the CPU makes the classifier in a copy of the folder, say)."""
         c = self.config
         torch.set_num_threads(c.threads)
         cast = cast_of(c)
-        self._stage("render", self.data / "train_pictures.pt", lambda p: torch.save(
-            render_set(cast["training"], range(c.seeds_per_pair), c.image_size, c.threads), p))
-        self._stage("vae", self.out / VAE_FILE, self._make_vae)
-        self._stage("text encoder", self.out / TEXT_ENCODER_FILE, self._make_text_encoder)
-        self._stage("extras", self.data / "extra_latents.pt", self._make_extras)
-        self._stage("dit", self.out / DIT_FILE, self._make_dit)
-        self._stage("dit more", self._round_record("dit more"), self._make_dit_more)
-        self._stage("dit third", self._round_record("dit third"), self._make_dit_third)
-        self._stage("classifier", self.out / "classifier.pt", self._make_classifier)
-        self._stage("samples", self.out / "samples.png", self._make_samples)
+        stages = [("render", self.data / "train_pictures.pt", lambda p: torch.save(
+                      render_set(cast["training"], range(c.seeds_per_pair), c.image_size, c.threads), p)),
+                  ("vae", self.out / VAE_FILE, self._make_vae),
+                  ("text encoder", self.out / TEXT_ENCODER_FILE, self._make_text_encoder),
+                  ("extras", self.data / "extra_latents.pt", self._make_extras),
+                  ("dit", self.out / DIT_FILE, self._make_dit),
+                  ("dit more", self._round_record("dit more"), self._make_dit_more),
+                  ("dit third", self._round_record("dit third"), self._make_dit_third),
+                  ("classifier", self.out / "classifier.pt", self._make_classifier),
+                  ("samples", self.out / "samples.png", self._make_samples)]
         if c.cast == "tags":
-            self._stage("oracle", self.out / "oracle.png", self._make_oracle)
+            stages.append(("oracle", self.out / "oracle.png", self._make_oracle))
+        if stop_after is not None and stop_after not in [name for name, _, _ in stages]:
+            raise ValueError(f"no stage {stop_after!r} in this world; its stages: {', '.join(n for n, _, _ in stages)}")
+        for name, path, make in stages:
+            self._stage(name, path, make)
+            if name == stop_after:
+                self.log(f"stopped after the {name} stage in {self.out}")
+                return self.out
+        if c.cast == "tags":
             oracle = self.record["checks"]["oracle"]
             if not oracle["ready"]:
                 self.log(f"world NOT ready in {self.out}: the oracle reaches {_rates(oracle['held_out'])} on the held-out "
@@ -289,25 +319,24 @@ class Builder:
         torch.save((vae.encode(self._vae(), to_image(pictures)), labels), path)
 
     def _make_classifier(self, path: Path) -> None:
-        from . import classifier, vae
+        from . import classifier
 
         c = self.config
         module = self._vae()
         cast = cast_of(c)
         distinct = c.classifier_poses == "distinct"
-        pictures, labels = render_set(cast["classified"], range(c.seeds_per_pair, c.seeds_per_pair + c.classifier_seeds),
-                                      c.image_size, c.threads, distinct)
-        raw = vae.encode(module, to_image(pictures))
+        raw, labels = encode_set(module, cast["classified"], range(c.seeds_per_pair, c.seeds_per_pair + c.classifier_seeds),
+                                 c.image_size, c.threads, distinct)
         seen, seen_labels = torch.load(self.data / "train_latents.pt")  # the training characters' pictures too
         backgrounds = len(world.BACKGROUNDS)
         partners = torch.cat([classifier.same_pose_partners(len(cast["classified"]), backgrounds, c.classifier_seeds),
                               classifier.same_pose_partners(len(cast["training"]), backgrounds, c.seeds_per_pair, len(raw))])
         model = classifier.train_classifier(torch.cat([raw, seen]), torch.cat([labels, seen_labels]), c.classifier_steps,
                                             c.seed, self.log, width=c.classifier_width, partners=partners,
-                                            split_share=c.classifier_split)
+                                            split_share=c.classifier_split, pooled=c.classifier_pooled)
         fresh = range(world.FRESH_SEEDS + 900_000, world.FRESH_SEEDS + 900_000 + c.check_seeds)
-        pictures, labels = render_set(cast["classified"], fresh, c.image_size, c.threads, distinct)
-        checked = classifier.accuracy(model, vae.encode(module, to_image(pictures)), labels)
+        fresh_raw, labels = encode_set(module, cast["classified"], fresh, c.image_size, c.threads, distinct)
+        checked = classifier.accuracy(model, fresh_raw, labels)
         self.log("  classifier on fresh pictures: " + ", ".join(f"{k} {v:.3f}" for k, v in checked.items()))
         self.record.setdefault("checks", {})["classifier_fresh"] = {k: round(v, 4) for k, v in checked.items()}
         classifier.save_classifier(model, self.out, checked)
@@ -379,16 +408,21 @@ class Builder:
                              tagged_index=None if tagged_index is None else tagged_index.to(device), tag_share=c.tag_share)
 
     def _make_dit(self, path: Path) -> None:
-        from safetensors.torch import save_file
-
         from . import dit
 
         c = self.config
         model = dit.build_model(dit.init_state(c.dit_width, c.seed))
         state = self._train_dit(model, c.dit_steps, c.dit_lr, c.dit_batch, c.seed, self.data / f"dit_training_{self.settings_tag('dit')}.pt")
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.float().contiguous() for k, v in state.items()}, str(path))
+        self._save_dit(state, path)
         self._forget_rounds_after("dit")
+
+    def _save_dit(self, state: dict[str, torch.Tensor], path: Path) -> None:
+        from safetensors.torch import save_file
+
+        dtype = getattr(torch, self.config.dit_save_dtype)
+        save_file({k: (v.float() if k.startswith("llm_adapter.") else v.to(dtype)).contiguous() for k, v in state.items()},
+                  str(path))
 
     def _round_record(self, round_name: str) -> Path:
         """A later round's stage file: its steps, learning rate and batch."""
@@ -417,7 +451,7 @@ class Builder:
     def _continue_dit(self, round_name: str, path: Path, steps: int, lr: float, batch: int, seed: int) -> None:
         import shutil
 
-        from safetensors.torch import load_file, save_file
+        from safetensors.torch import load_file
 
         from . import dit
 
@@ -432,7 +466,7 @@ class Builder:
             tag = self.settings_tag(round_name)
             state = self._train_dit(model, steps, lr, batch, seed,  # new draws
                                     self.data / f"{round_name.replace(' ', '_')}_training_{tag}.pt")
-            save_file({k: v.float().contiguous() for k, v in state.items()}, str(self.out / DIT_FILE))
+            self._save_dit(state, self.out / DIT_FILE)
         elif before.is_file():  # no such round (any more): the DiT it started from is the world's
             before.replace(self.out / DIT_FILE)
         path.write_text(json.dumps({"steps": steps, "lr": lr, "batch": batch}))
@@ -528,6 +562,8 @@ def main(argv=None) -> int:
                         help="share of the DiT's captioned pictures whose caption also names the attributes as tags (default 0)")
     parser.add_argument("--threads", type=int, help="torch threads and rendering processes (default 2)")
     parser.add_argument("--device", default="cpu", help="where the DiT trains: cpu (default) or a GPU, e.g. cuda")
+    parser.add_argument("--stop-after", metavar="STAGE", choices=sorted(STAGE_SETTINGS),
+                        help="end the build after this stage, e.g. 'dit third' (the DiT on a GPU, the classifier elsewhere)")
     args = parser.parse_args(argv)
     if args.tag_share is not None and not 0 <= args.tag_share <= 1:
         parser.error(f"--tag-share is a share from 0 to 1, got {args.tag_share}")
@@ -538,7 +574,7 @@ def main(argv=None) -> int:
                  "extras": args.extras, "threads": args.threads,
                  "tag_share": args.tag_share, "oracle_samples": args.oracle_samples}
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
-    Builder(Path(args.out), config, device=args.device).build()
+    Builder(Path(args.out), config, device=args.device).build(args.stop_after)
     return 0
 
 

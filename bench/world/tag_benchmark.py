@@ -30,7 +30,7 @@ import torch
 
 from bench.world import benchmark as scene_benchmark
 from bench.world import tags
-from bench.world.characters import ATTRIBUTES, BACKGROUNDS, FRESH_SEEDS, attribute_tags, prompt_for, render
+from bench.world.characters import ATTRIBUTES, BACKGROUNDS, FRESH_SEEDS, attribute_tags, prompt_for, render, render_mask
 
 ROWS = ("oracle", "plain", "context", "partial", "edit_outfit", "edit_accessory")
 SCORES = ("identity", "attributes", "background", "leak", "both")
@@ -49,10 +49,19 @@ def scenes_for(character) -> tuple[str, str]:
     return BACKGROUNDS[i % len(BACKGROUNDS)], BACKGROUNDS[(i + 3) % len(BACKGROUNDS)]
 
 
+def reference_seeds(character, count: int) -> list[int]:
+    first = FRESH_SEEDS + REFERENCE_SEEDS + 100 * index_of(character)
+    return [first + k for k in range(count)]
+
+
 def references_for(character, count: int, size: int) -> list:
     b_ref, _ = scenes_for(character)
-    first = FRESH_SEEDS + REFERENCE_SEEDS + 100 * index_of(character)
-    return [render(character, b_ref, first + k, size=size) for k in range(count)]
+    return [render(character, b_ref, seed, size=size) for seed in reference_seeds(character, count)]
+
+
+def reference_masks_for(character, count: int, size: int) -> list:
+    """The true character masks of ``references_for``'s pictures (what a user draws for the masked train node)."""
+    return [render_mask(character, seed, size=size) for seed in reference_seeds(character, count)]
 
 
 def hair_tag(values: tuple[str, ...]) -> str:
@@ -99,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-seeds", default="0")
     p.add_argument("--train-kwargs", type=json.loads, default={}, help="JSON merged into the train node's inputs")
     p.add_argument("--apply-kwargs", type=json.loads, default={}, help="JSON merged into the apply node's inputs")
+    p.add_argument("--masks", action="store_true",
+                   help="train with each reference's true character mask (the masked train node's training_mask)")
     p.add_argument("--negative", choices=("reference-scene", "empty"), default="reference-scene",
                    help="the negative prompt of the context rows (the oracle's is always empty)")
     p.add_argument("--threads", type=int, default=2)
@@ -166,11 +177,14 @@ def run(args, say=print) -> dict:
                         if kind not in trained_kinds:
                             continue
                         kwargs = scene_benchmark.train_inputs(character, references[:n], prompt, train_seed, size, settings)
+                        if args.masks:
+                            kwargs["training_mask"] = [scene_benchmark.as_mask(m) for m in reference_masks_for(character, n, size)]
                         mark = time.perf_counter()
                         contexts[kind] = train_node.train(model, clip, vae, **kwargs)[0]
                         row[f"{kind}_train_seconds"] = round(time.perf_counter() - mark, 2)
                         # the reference fit the info text shows, to see whether it tracks the benchmark
                         row[f"{kind}_lift"] = round(float(contexts[kind].metadata["lift"]), 4)
+                        row[f"{kind}_masked"] = bool(contexts[kind].metadata.get("masked"))
                     patched = {kind: apply_node.apply(model, context, **{"strength": 1.0, **args.apply_kwargs})[0]
                                for kind, context in contexts.items()}
                     scored = {}
