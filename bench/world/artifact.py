@@ -5,8 +5,8 @@
 
 A world folder is over a gigabyte, almost all of it weights nobody trained: the DiT file carries the demo set's
 random LLM adapter (135M parameters) and the text encoder is the demo set's random Qwen3. The artifact keeps what
-the build learnt (the DiT's other weights, exact, in the precision the build saved them; the VAE; the classifier) with ``world.json`` and its
-pictures, and ``unpack`` makes the rest again from the seeds the build used (``dit.init_state``, the demo text
+the build learnt (the DiT's other weights, exact, in the precision the build saved them; the VAE; the classifier)
+with ``world.json`` and its pictures, and ``unpack`` makes the rest again from the seeds the build used (``dit.init_state``, the demo text
 encoder), then checks that every file is the one that was packed (sha256 recorded at packing). The training data
 under ``data/`` is not kept: an unpacked world samples, classifies and benchmarks; rebuilding a stage needs ``build``.
 """
