@@ -33,7 +33,7 @@ from .errors import AnimaFastTrainError
 from .image_files import ImageFileError, load_image, load_mask, masks_for_references
 from .images import SIZE_MULTIPLE
 from .patch import APPLY_TO_CHOICES, DEFAULT_APPLY_TO, DEFAULT_START_PERCENT, check_sampling_range
-from .trainer import COMPUTE_DTYPES
+from .trainer import COMPUTE_DTYPES, DEFAULT_KEEP_BACKGROUND
 
 PACK_DIR = Path(os.path.abspath(__file__)).parents[1]
 DEFAULT_TRAIN_PROMPT = "1girl, solo, anime illustration"
@@ -148,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="optional: where the character is, white (or opaque) = character, black (or transparent) = "
                             "ignore. Its alpha channel if it has one, else its brightness. One for all images, or one per "
                             "--image in the same order; each the size of its image.")
+    train.add_argument("--keep-background", type=float, default=None, metavar="WEIGHT",
+                       help="with --mask: how strongly training keeps the tokens from changing the picture outside the "
+                            f"mask; 0 only weights the loss by it (default with --mask: {DEFAULT_KEEP_BACKGROUND:g}).")
     train.add_argument("--prompt", default=DEFAULT_TRAIN_PROMPT,
                        help=f"describes the references; the tokens learn what it leaves out (default: {DEFAULT_TRAIN_PROMPT!r}).")
     train.add_argument("--out", required=True, metavar="FILE",
@@ -429,8 +432,11 @@ def run_train(args) -> int:
     loss_plot = check_writable(with_suffix(args.loss_plot, ".png"), "--loss-plot") if args.loss_plot else None
     # Everything that can be checked without the models is checked first: loading them takes a while.
     check_training_size(args.size)
+    if args.keep_background is not None and not args.mask:
+        raise CommandLineError("--keep-background needs --mask: it keeps the picture as it was outside the mask.")
+    keep_background = (DEFAULT_KEEP_BACKGROUND if args.keep_background is None else args.keep_background) if args.mask else 0.0
     TrainSettings(steps=args.steps, learning_rate=args.learning_rate, num_tokens=args.num_tokens,
-                  init_std=args.init_std, seed=args.seed).validate()
+                  init_std=args.init_std, seed=args.seed, keep_background=keep_background).validate()
     images, masks = read_references(args.image, args.mask)
     model_names(args)  # a missing demo set is named before ComfyUI loads
     comfy_env = setup_comfyui(args)
@@ -442,6 +448,7 @@ def run_train(args) -> int:
             model, clip, vae, images, args.prompt, seed=args.seed, steps=args.steps, learning_rate=args.learning_rate,
             image_size=args.size, num_tokens=args.num_tokens, init_std=args.init_std, dtype_name=args.dtype,
             masks=masks, on_progress=progress_printer(), activation_checkpointing=args.activation_checkpointing,
+            keep_background=keep_background,
         )
     say(info)
     save_context(context, out)
@@ -507,6 +514,7 @@ def run_demo_models(args) -> int:
 NODE_INPUT_OPTIONS = {"training_image_size": "--size", "training_steps": "--steps", "learning_rate": "--learning-rate",
                       "num_tokens": "--num-tokens", "init_std": "--init-std", "training_dtype": "--dtype",
                       "training_mask": "--mask", "activation_checkpointing": "--activation-checkpointing",
+                      "keep_background": "--keep-background",
                       "start_percent": "--start-percent", "end_percent": "--end-percent"}
 
 

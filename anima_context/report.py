@@ -25,7 +25,8 @@ def format_info(context: ReferenceContext, initial_tokens: torch.Tensor, timings
         f"context, {meta['heldout_loss_with']:.4f} with it)",
         f"tokens: {context.num_blocks} blocks x {context.num_tokens} x {context.width}, mean norm "
         f"{token_norm(initial_tokens):.3f} before, {token_norm(context.tokens):.3f} after",
-        f"references: {meta['reference_count']} ({sizes})" + (", loss weighted by the training mask" if meta.get("masked") else ""),
+        f"references: {meta['reference_count']} ({sizes})" + (", loss weighted by the training mask" if meta.get("masked") else "")
+        + (f", keep_background {meta['keep_background']:g}" if meta.get("masked") and meta.get("keep_background") else ""),
         "time: " + ", ".join(f"{name} {seconds:.2f}s" for name, seconds in timings.items()),
         # On the identity benchmark this keeps the references' scene out of new ones (README).
         "for another scene: name the references' background in the negative prompt too",

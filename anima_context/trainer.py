@@ -40,6 +40,9 @@ class Denoiser(Protocol):
 
 # The training_dtype choices, by name (the node's combo, the command line, the glue).
 COMPUTE_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+# The masked train node's keep_background (bench/world/README.md, seventh session): with the loss inside the mask
+# alone the tokens still redraw the references' scene; held to the model outside it they keep the asked one.
+DEFAULT_KEEP_BACKGROUND = 1.0
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,8 @@ class TrainSettings:
     loss_readback_every: int = 10
     eval_every: int = 0  # held-out lift at step 0, every N steps and at the end (0: only at the end)
     probe_draws: int = 0  # > 0: after training, record each of this many draws per reference (TrainResult.probe)
+    # > 0 with a loss mask: also pull the prediction outside the mask toward the model's own without the tokens
+    keep_background: float = 0.0
 
     def validate(self) -> None:
         checks = [
@@ -63,6 +68,8 @@ class TrainSettings:
             (math.isfinite(self.learning_rate) and self.learning_rate > 0, f"learning_rate must be above 0, got {self.learning_rate}"),
             (math.isfinite(self.init_std) and self.init_std >= 0, f"init_std must be 0 or more, got {self.init_std}"),
             (self.draws_per_reference >= 1, f"draws_per_reference must be at least 1, got {self.draws_per_reference}"),
+            (math.isfinite(self.keep_background) and self.keep_background >= 0,
+             f"keep_background must be 0 or more, got {self.keep_background}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -114,6 +121,30 @@ def _flow_loss(denoiser: Denoiser, x0, noise, sigma, options, compute_dtype, wei
     if weights is None:
         return error.mean()
     return (error * weights).sum() / x0.shape[0]
+
+
+def _anchored_flow_loss(denoiser: Denoiser, x0, noise, sigma, options, base_options, compute_dtype, inside, outside,
+                        keep: float) -> torch.Tensor:
+    """The flow loss inside the mask, plus ``keep`` x the squared change the tokens make to the
+    prediction outside it (against the frozen model without them): the tokens learn the character
+    and are taught not to redraw the rest. The forward without them runs first: as in plain training, the
+    forward that is backpropagated is the last one before its backward."""
+    x_t = denoiser.add_noise(x0, noise, sigma)
+    with torch.autocast(x0.device.type, dtype=compute_dtype, enabled=compute_dtype != torch.float32):
+        with torch.no_grad():
+            without = denoiser.velocity(x_t, sigma, base_options).float()
+        prediction = denoiser.velocity(x_t, sigma, options).float()
+    fit = ((prediction - (noise - x0).float()).square() * inside).sum()
+    drift = ((prediction - without).square() * outside).sum()
+    return (fit + keep * drift) / x0.shape[0]
+
+
+def outside_loss_weights(weights: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+    """``normalized_loss_weights`` of the complement of a mask; a sample with nothing outside weighs 0."""
+    outside = (1.0 - weights.to(device=latents.device, dtype=torch.float32)).clamp(min=0.0)
+    outside = outside.expand(latents.shape[0], 1, *latents.shape[2:])
+    per_sample = outside.sum(dim=tuple(range(1, outside.ndim)), keepdim=True) * latents.shape[1]
+    return (outside / per_sample.clamp(min=1e-12)).contiguous()
 
 
 def normalized_loss_weights(weights: torch.Tensor | None, latents: torch.Tensor) -> torch.Tensor | None:
@@ -209,6 +240,11 @@ def train_tokens(
     x0 = latents.repeat_interleave(settings.draws_per_reference, dim=0)
     weights = normalized_loss_weights(loss_weights, latents)
     step_weights = None if weights is None else weights.repeat_interleave(settings.draws_per_reference, dim=0)
+    if settings.keep_background and loss_weights is None:
+        raise InvalidSettingError("keep_background needs a training mask: it keeps the model as it was outside it.")
+    outside = None
+    if settings.keep_background:
+        outside = outside_loss_weights(loss_weights, latents).repeat_interleave(settings.draws_per_reference, dim=0)
     batch = x0.shape[0]
     # Every timestep of the run is drawn up front on the CPU: no host work or sync per step.
     all_sigmas = denoiser.sigmas(
@@ -228,7 +264,11 @@ def train_tokens(
     try:
         for step in range(settings.steps):
             noise = torch.randn(x0.shape, generator=noise_generator, device=device, dtype=x0.dtype)
-            loss = _flow_loss(denoiser, x0, noise, all_sigmas[step], options, settings.compute_dtype, step_weights)
+            if outside is None:
+                loss = _flow_loss(denoiser, x0, noise, all_sigmas[step], options, settings.compute_dtype, step_weights)
+            else:
+                loss = _anchored_flow_loss(denoiser, x0, noise, all_sigmas[step], options, transformer_options or {},
+                                           settings.compute_dtype, step_weights, outside, settings.keep_background)
             (loss * loss_scale).backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

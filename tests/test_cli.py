@@ -258,6 +258,8 @@ def test_user_errors_exit_2_with_the_message_and_no_traceback(tmp_path, capsys):
     assert capsys.readouterr().err.startswith("Invalid setting: --size must be a multiple of 16")
     assert cli.main(["train", "--image", str(picture), "--comfyui", str(tmp_path), "--out", str(tmp_path / "c")]) == 2
     assert "is not a ComfyUI folder" in capsys.readouterr().err
+    assert cli.main(["train", "--image", str(picture), "--keep-background", "2", "--out", str(tmp_path / "c")]) == 2
+    assert "--keep-background needs --mask" in capsys.readouterr().err
     assert cli.main(["sample", "--context", str(tmp_path / "none.safetensors"), "--out", str(tmp_path / "x")]) == 2
     assert capsys.readouterr().err.startswith("Invalid context file")
     assert cli.main(["sample", "--context", str(tmp_path / "none.safetensors"), "--start-percent", "0.8",
@@ -424,7 +426,7 @@ def test_masks_and_references_of_different_sizes_train(model_files, tmp_path):
                   "--size", 64, "--num-tokens", 2, "--dtype", "float32", "--out", tmp_path / "masked.safetensors")
     assert result.returncode == 0, result.stderr
     # each picture keeps its own size: its mask is resized and cropped with it inside the trainer
-    assert "with masks" in result.stdout and "references: 2 (64x80, 96x64), loss weighted by the training mask" in result.stdout
+    assert "with masks" in result.stdout and "references: 2 (64x80, 96x64), loss weighted by the training mask, keep_background 1" in result.stdout
     assert (tmp_path / "masked.safetensors").is_file()
 
 

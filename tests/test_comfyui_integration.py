@@ -337,6 +337,16 @@ def test_masked_node_trains_weights_the_loss_and_shows_the_loss_under_the_progre
         ("42", f"step 10/10\nloss {final:.4f}")]
     assert len(sent) == 12 and sent[11][1].startswith(f"done: 10 steps\nloss {final:.4f}, reference fit ")
     assert (10, 10, "42") in bar and (10, 10, None) in bar
+    # the masked node holds the model outside the mask by default (keep_background); 0 trains on the mask alone
+    from anima_context.trainer import DEFAULT_KEEP_BACKGROUND
+
+    assert masked.metadata["keep_background"] == DEFAULT_KEEP_BACKGROUND and plain.metadata["keep_background"] == 0.0
+    assert f"keep_background {DEFAULT_KEEP_BACKGROUND:g}" in info
+    with torch.inference_mode():
+        loose, loose_info, _ = node.train(anima, FakeAnimaClip(), FakeWanVae(), image, training_mask=mask,
+                                          keep_background=0.0, **args)
+    assert loose.metadata["keep_background"] == 0.0 and "keep_background" not in loose_info
+    assert not torch.allclose(loose.tokens, masked.tokens)
     with pytest.raises(InvalidTrainingMaskError, match="all zero"), torch.inference_mode():
         node.train(anima, FakeAnimaClip(), FakeWanVae(), image, training_mask=torch.zeros(1, 80, 64), **args)
     with pytest.raises(InvalidTrainingMaskError, match="size mismatch"), torch.inference_mode():

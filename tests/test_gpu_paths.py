@@ -37,13 +37,26 @@ class GradientProbe:
     fixed tokens with the node's denoiser, options and weight path (``between`` runs after the
     forward), then the real ``train_tokens``."""
 
-    def __init__(self, real_train_tokens, between=None, before=None):
+    def __init__(self, real_train_tokens, between=None, before=None, keep_background=None):
         self.real, self.between, self.before = real_train_tokens, between, before
         generator = torch.Generator().manual_seed(11)
         self.tokens = torch.randn(NUM_BLOCKS, NUM_TOKENS, WIDTH, generator=generator) * 0.5
         self.x = torch.randn(1, 16, 1, 8, 8, generator=generator)
         self.sigma = torch.tensor([0.7])
         self.gradient = self.context = None
+        self.keep_background = keep_background  # a weight: the masked node's loss (with it, a forward without the tokens)
+        self.noise = torch.randn(self.x.shape, generator=generator)
+        self.mask = torch.zeros(1, 1, 1, 8, 8)
+        self.mask[..., 2:6, 3:7] = 1.0
+
+    def loss(self, denoiser, options, base_options):
+        if self.keep_background is None:
+            return denoiser.velocity(self.x, self.sigma, options).pow(2).mean()
+        from anima_context.trainer import _anchored_flow_loss, normalized_loss_weights, outside_loss_weights
+
+        return _anchored_flow_loss(denoiser, self.x, self.noise, self.sigma, options, base_options, torch.float32,
+                                   normalized_loss_weights(self.mask, self.x), outside_loss_weights(self.mask, self.x),
+                                   self.keep_background)
 
     def __call__(self, denoiser, latents, settings, transformer_options=None, **kwargs):
         from anima_context.patch import ContextTokenPatch
@@ -55,7 +68,7 @@ class GradientProbe:
         options["patches"] = patches
         if self.before is not None:
             self.before()
-        loss = denoiser.velocity(self.x, self.sigma, options).pow(2).mean()
+        loss = self.loss(denoiser, options, dict(transformer_options or {}))
         if self.between is not None:
             self.between()
         loss.backward()
@@ -63,10 +76,10 @@ class GradientProbe:
         return self.real(denoiser, latents, settings, transformer_options=transformer_options, **kwargs)
 
 
-def _train(model, monkeypatch, between=None, before=None):
+def _train(model, monkeypatch, between=None, before=None, keep_background=None):
     from anima_context.comfy_glue import training
 
-    probe = GradientProbe(training.train_tokens, between, before)
+    probe = GradientProbe(training.train_tokens, between, before, keep_background)
     monkeypatch.setattr(training, "train_tokens", probe)
     image = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(3))
     with torch.inference_mode():  # as in a prompt
@@ -87,10 +100,10 @@ def reference_gradient(weights: dict, probe: GradientProbe) -> torch.Tensor:
         plain = comfy.sd.load_diffusion_model_state_dict({k: v.float() for k, v in weights.items()})
         tokens = probe.tokens.clone().requires_grad_(True)
         denoiser = ComfyAnimaDenoiser(plain, probe.context, NUM_BLOCKS, WIDTH)
-        options = {"patches": {"attn2_patch": [ContextTokenPatch(tokens)]},
-                   "optimized_attention_override": _pytorch_attention}
+        base = {"optimized_attention_override": _pytorch_attention}
+        options = {"patches": {"attn2_patch": [ContextTokenPatch(tokens)]}, **base}
         with _training_mode():
-            denoiser.velocity(probe.x, probe.sigma, options).pow(2).mean().backward()
+            probe.loss(denoiser, options, base).backward()
     return tokens.grad
 
 
@@ -161,6 +174,18 @@ def test_dynamic_vram_page_evicted_between_forward_and_backward(state, monkeypat
     probe = _train(model, monkeypatch, between=aimdo_standins.evict_all)
     assert any(vbar.pages for vbar in aimdo_standins.StandInVBAR.instances), "the vbar path was not taken"
     assert_same_gradient(probe.gradient, reference_gradient(state, probe))
+
+
+def test_dynamic_vram_under_pressure_keep_background_gradient(state, monkeypatch):
+    """The masked node's keep_background runs the model once more, without the tokens, in every step: under
+    pressure that forward also casts into the shared buffers. The gradient must still be the plain model's."""
+    model = _dynamic(state, monkeypatch, pressure=True)
+    probe = _train(model, monkeypatch, keep_background=1.0)
+    reference = reference_gradient(state, probe)
+    assert_same_gradient(probe.gradient, reference)
+    # the term is in it: the same draw on the mask alone gives another gradient
+    probe.keep_background = 0.0
+    assert float((reference - reference_gradient(state, probe)).norm()) > 1e-3 * float(reference.norm())
 
 
 def _fp8(weights: dict) -> dict:

@@ -5,6 +5,7 @@ import torch
 
 from anima_context.context import ReferenceContext
 from anima_context.errors import IncompatibleModelError
+from anima_context.trainer import DEFAULT_KEEP_BACKGROUND
 
 TRAIN, APPLY = "AnimaFastTrainReferenceContext", "AnimaFastTrainApplyContext"
 MASKED = "AnimaFastTrainMaskedReferenceContext"
@@ -51,7 +52,11 @@ def test_masked_node_has_the_same_inputs_plus_a_mask_and_the_same_outputs(pack):
     assert names.pop(names.index("training_mask")) == "training_mask"
     assert names == list(plain_spec["required"])
     assert masked_spec["required"]["training_mask"][0] == "MASK"
-    assert masked_spec["optional"] == plain_spec["optional"] and masked_spec["hidden"] == plain_spec["hidden"]
+    # and keep_background, last among the optional inputs so old workflows' widget values stay in place
+    assert list(masked_spec["optional"]) == [*plain_spec["optional"], "keep_background"]
+    assert {k: masked_spec["optional"][k] for k in plain_spec["optional"]} == plain_spec["optional"]
+    assert masked_spec["optional"]["keep_background"][1]["default"] == DEFAULT_KEEP_BACKGROUND > 0
+    assert masked_spec["hidden"] == plain_spec["hidden"]
     assert (masked.RETURN_TYPES, masked.RETURN_NAMES) == (plain.RETURN_TYPES, plain.RETURN_NAMES)
     assert masked.DESCRIPTION != plain.DESCRIPTION and "mask" in masked.DESCRIPTION
 
@@ -82,11 +87,15 @@ def test_train_node_passes_parsed_inputs_to_the_core(pack, monkeypatch):
     assert calls["images"]["reference_image"] is image and calls["images"]["reference_image_2"] is None
     assert calls["images"]["reference_image_3"] is image
     assert (calls["seed"], calls["steps"], calls["image_size"], calls["dtype_name"]) == (5, 10, 256, "float32")
-    assert calls["masks"] is None and calls["node_id"] == "12"
+    assert calls["masks"] is None and calls["node_id"] == "12" and calls["keep_background"] == 0.0
     mask = torch.ones(1, 32, 32)
     pack.NODE_CLASS_MAPPINGS[MASKED]().train("m", "c", "v", image, "girl", 5, 10, 0.01, 256, 8, 0.1, "float32",
                                              training_mask=mask)
-    assert calls["masks"] is mask
+    # an API prompt without keep_background (from before it) gets the masked node's default
+    assert calls["masks"] is mask and calls["keep_background"] == DEFAULT_KEEP_BACKGROUND
+    pack.NODE_CLASS_MAPPINGS[MASKED]().train("m", "c", "v", image, "girl", 5, 10, 0.01, 256, 8, 0.1, "float32",
+                                             training_mask=mask, keep_background=0.0)
+    assert calls["keep_background"] == 0.0
 
 
 def test_context_refuses_a_model_of_another_shape():

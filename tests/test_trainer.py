@@ -209,3 +209,28 @@ def test_probe_records_each_draw_and_agrees_with_the_held_out_loss():
     probe_set = HeldOutSet(denoiser, latents, 4, SETTINGS.seed + 1, torch.float32)
     assert float(probe_set.per_draw(result.tokens).mean()) == pytest.approx(probe_set.loss(result.tokens), rel=1e-5)
     assert train_tokens(denoiser, latents, SETTINGS).probe == []  # off by default: it costs forward passes
+
+
+def test_keeping_outside_the_mask_holds_the_prediction_there_and_needs_a_mask():
+    from anima_context.patch import ContextTokenPatch
+    from anima_context.trainer import _merge_patch
+
+    _, denoiser, latents = make_tiny_setup()
+    weights = torch.zeros(2, 1, 1, 8, 8)
+    weights[..., 2:6, 2:6] = 1.0
+    noise, sigma = torch.randn_like(latents), denoiser.sigmas(torch.full((2,), 0.7))
+    x_t = denoiser.add_noise(latents, noise, sigma)
+    without = denoiser.velocity(x_t, sigma, {})
+
+    def change(tokens):  # [inside, outside]: how far the tokens move the prediction
+        moved = (denoiser.velocity(x_t, sigma, _merge_patch(None, ContextTokenPatch(tokens))) - without).square()
+        return float((moved * weights).mean()), float((moved * (1 - weights)).mean())
+
+    loose = train_tokens(denoiser, latents, SETTINGS, loss_weights=weights)
+    kept = train_tokens(denoiser, latents, TrainSettings(**{**SETTINGS.__dict__, "keep_background": 20.0}),
+                        loss_weights=weights)
+    (loose_in, loose_out), (kept_in, kept_out) = change(loose.tokens), change(kept.tokens)
+    assert kept_out < 0.5 * loose_out, (kept_out, loose_out)
+    assert kept_in > 0.1 * loose_in and kept.context_loss < kept.baseline_loss  # the character is still learnt
+    with pytest.raises(InvalidSettingError, match="needs a training mask"):
+        train_tokens(denoiser, latents, TrainSettings(**{**SETTINGS.__dict__, "keep_background": 1.0}))

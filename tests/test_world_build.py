@@ -10,6 +10,7 @@ import pytest
 import torch
 from comfy_anima import FakeAnimaClip
 
+from anima_context.trainer import DEFAULT_KEEP_BACKGROUND
 from bench.world import characters as world
 
 
@@ -179,6 +180,38 @@ def test_a_third_dit_round_goes_on_from_the_second_and_a_remade_second_round_res
     assert not kept.exists()
 
 
+def test_a_fourth_dit_round_goes_on_from_the_third_and_a_remade_third_round_restarts_it(comfy, tmp_path):
+    """``dit_fourth_steps`` goes on from the third round's DiT with a fresh optimiser, keeping the third round's file
+    (a world built with a short third round is lengthened without redoing it); remaking the third round starts the
+    fourth again from the new third."""
+    from dataclasses import replace
+
+    from safetensors.torch import load_file
+
+    from bench.world import build
+
+    smoke = replace(build.SCALES["smoke"], tag_share=0.0, extras=0, dit_more_steps=2, dit_third_steps=2, dit_third_batch=2)
+    out = build.Builder(tmp_path, smoke, log=lambda _: None).build()
+    third = load_file(str(out / build.DIT_FILE))
+    kept = out / "data" / "dit_third_round.safetensors"
+    lines = []
+    build.Builder(out, replace(smoke, dit_fourth_steps=2, dit_fourth_batch=2), log=lines.append).build()
+    assert "[dit fourth]" in lines and "[dit third]" not in lines and "[samples]" in lines
+    fourth = load_file(str(out / build.DIT_FILE))
+    assert any(not torch.equal(third[k], fourth[k]) for k in fourth if not k.startswith("llm_adapter."))
+    assert all(torch.equal(third[k], v) for k, v in load_file(str(kept)).items())
+    assert json.loads((out / "data" / "dit_fourth.json").read_text()) == {"steps": 2, "lr": 2e-4, "batch": 2}
+
+    lines = []
+    build.Builder(out, replace(smoke, dit_third_steps=3, dit_fourth_steps=2, dit_fourth_batch=2), log=lines.append).build()
+    assert "[dit third]" in lines and "[dit fourth]" in lines and "[dit more]" not in lines
+    new_third = load_file(str(kept))
+    assert any(not torch.equal(third[k], new_third[k]) for k in new_third if not k.startswith("llm_adapter."))
+    build.Builder(out, replace(smoke, dit_third_steps=3), log=lambda _: None).build()
+    assert all(torch.equal(new_third[k], v) for k, v in load_file(str(out / build.DIT_FILE)).items())
+    assert not kept.exists()
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_a_world_packs_into_a_small_artifact_and_unpacks_to_the_same_files(comfy, tmp_path, dtype):
     """The artifact keeps only what the build learnt; unpacking makes the random LLM adapter and text encoder
@@ -311,7 +344,7 @@ def test_the_tag_world_smoke_build_trains_on_tagged_captions_and_runs_its_oracle
     result = tag_benchmark.main(["--world", str(out), "--out", str(tmp_path / "bench"), "--split", "u00", "--refs", "1",
                                  "--seeds", "2", "--train-kwargs", '{"training_steps": 2}', "--threads", "1"])
     (row,) = result["rows"]
-    for name in ("oracle", "plain", "context", "partial"):
+    for name in ("oracle", "plain", "context", "partial", "home"):
         assert {f"{name}_{k}" for k in tag_benchmark.SCORES} <= set(row)
     assert {"edit_outfit_asked", "edit_outfit_kept", "edit_accessory_asked", "edit_accessory_kept"} <= set(row)
     assert row["reference_background"] != row["target_background"]
@@ -326,9 +359,9 @@ def test_the_tag_world_smoke_build_trains_on_tagged_captions_and_runs_its_oracle
         ["--world", str(out), "--out", str(tmp_path / "screen"), "--split", "u00", "--refs", "1", "--seeds", "2",
          "--train-kwargs", '{"training_steps": 2}', "--threads", "1", "--rows", "context", "--masks"]), say=said.append)
     (row,) = screened["rows"]
-    assert row["context_masked"] is True
+    assert row["context_masked"] is True and row["context_keep_background"] == DEFAULT_KEEP_BACKGROUND  # the masked node's
     assert {f"context_{k}" for k in tag_benchmark.SCORES} <= set(row)
-    assert not any(key.startswith(("oracle_", "plain_", "partial_", "edit_")) for key in row)
+    assert not any(key.startswith(("oracle_", "plain_", "partial_", "edit_", "home_")) for key in row)
     assert any(line.startswith("  context") for text in said for line in text.splitlines())
     assert not any(line.startswith("  oracle") for text in said for line in text.splitlines())
     with pytest.raises(SystemExit, match="--rows"):

@@ -142,6 +142,7 @@ def train_reference_context(model, clip, vae, images: dict, prompt: str, seed: i
                             dtype_name: str, masks: torch.Tensor | list | None = None, node_id: str | None = None,
                             on_progress: Callable[[int, int, float | None], None] | None = None,
                             activation_checkpointing: str = "auto", probe_draws: int = 0,
+                            keep_background: float = 0.0,
                             ) -> tuple[ReferenceContext, str, torch.Tensor]:
     """The train nodes' work, start to finish; the user's MODEL is never changed. ``masks`` (a
     MASK, one for all references or one each, or a list of MASKs for references of different
@@ -169,7 +170,7 @@ def train_reference_context(model, clip, vae, images: dict, prompt: str, seed: i
         settings = TrainSettings(steps=steps, learning_rate=learning_rate, num_tokens=num_tokens,
                                  init_std=init_std, seed=seed, compute_dtype=dtype,
                                  eval_every=max(1, math.ceil(steps / LIFT_POINTS)),
-                                 probe_draws=probe_draws)
+                                 probe_draws=probe_draws, keep_background=keep_background)
         settings.validate()
 
         timings = {}
@@ -228,6 +229,7 @@ def train_reference_context(model, clip, vae, images: dict, prompt: str, seed: i
             "reference_count": len(pixels),
             "reference_sizes": original_sizes,
             "masked": weights is not None,
+            "keep_background": keep_background,
             "loss_curve": result.loss_curve,
             "final_loss": result.final_loss,
             "heldout_loss_without": result.baseline_loss,

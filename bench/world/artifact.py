@@ -26,7 +26,7 @@ import torch
 from .build import DIT_FILE, TEXT_ENCODER_FILE, VAE_FILE, Builder, WorldConfig
 
 KEPT_AS_IS = (str(VAE_FILE), "classifier.pt", "world.json", "samples.png", "oracle.png", "data/dit_more.json",
-              "data/dit_third.json")
+              "data/dit_third.json", "data/dit_fourth.json")
 TRAINED = "dit_trained.safetensors"
 ADAPTER = "llm_adapter."
 

@@ -424,7 +424,9 @@ def run(settings: dict, world_meta: dict, nodes, model, clip, vae, classifier, o
 
     size = image_size(world_meta)
     started = time.perf_counter()
-    train_node, apply_node = nodes.AnimaFastTrainReferenceContext(), nodes.AnimaFastTrainApplyContext()
+    # --masks trains with the masked node, so its own defaults (keep_background) are what is measured
+    train_node = (nodes.AnimaFastTrainMaskedReferenceContext if settings.get("masks") else nodes.AnimaFastTrainReferenceContext)()
+    apply_node = nodes.AnimaFastTrainApplyContext()
     conditionings = {}
 
     def encode(text: str):  # once per prompt

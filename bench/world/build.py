@@ -70,6 +70,11 @@ class WorldConfig:
     dit_third_steps: int = 0
     dit_third_lr: float = 2e-4
     dit_third_batch: int = 16
+    # a fourth round from the third round's weights (its own warm-up and cosine, a fresh optimiser; the third round's
+    # file is kept while it runs): a world built with a short third round goes on without redoing it
+    dit_fourth_steps: int = 0
+    dit_fourth_lr: float = 2e-4
+    dit_fourth_batch: int = 16
     # the saved DiT's trained weights (its random LLM adapter stays float32, as the training prompts were encoded
     # with it): float16 halves the tag world's artifact and what a GPU build sends back
     dit_save_dtype: str = "float32"
@@ -92,19 +97,21 @@ STAGE_SETTINGS = {
     "dit": ("dit_width", "dit_steps", "dit_batch", "dit_lr", "tag_share", "dit_save_dtype"),
     "dit more": ("dit_more_steps", "dit_more_lr"),
     "dit third": ("dit_third_steps", "dit_third_lr", "dit_third_batch"),
+    "dit fourth": ("dit_fourth_steps", "dit_fourth_lr", "dit_fourth_batch"),
     "classifier": ("classifier_seeds", "check_seeds", "classifier_steps", "classifier_width", "classifier_split",
                    "classifier_poses", "classifier_pooled"),
     "samples": ("samples_per_background", "sample_steps"),
     "oracle": ("oracle_samples", "oracle_scenes", "sample_steps"),
 }
 STAGE_NEEDS = {"render": (), "vae": ("render",), "text encoder": (), "extras": ("vae",), "dit": ("vae", "text encoder", "extras"),
-               "classifier": ("vae",), "samples": ("dit third", "classifier"), "oracle": ("dit third", "classifier"),
-               "dit more": ("dit",), "dit third": ("dit more",)}
+               "classifier": ("vae",), "samples": ("dit fourth", "classifier"), "oracle": ("dit fourth", "classifier"),
+               "dit more": ("dit",), "dit third": ("dit more",), "dit fourth": ("dit third",)}
 
 # The DiT's training rounds in order; each later one starts from the one before and keeps that DiT in data/ while
 # its own replaces the world's DiT file.
-DIT_ROUNDS = ("dit", "dit more", "dit third")
-ROUND_INPUTS = {"dit more": "dit_first_round.safetensors", "dit third": "dit_second_round.safetensors"}
+DIT_ROUNDS = ("dit", "dit more", "dit third", "dit fourth")
+ROUND_INPUTS = {"dit more": "dit_first_round.safetensors", "dit third": "dit_second_round.safetensors",
+                "dit fourth": "dit_third_round.safetensors"}
 
 SCALES = {
     "full": WorldConfig(),
@@ -251,6 +258,7 @@ class Builder:
                   ("dit", self.out / DIT_FILE, self._make_dit),
                   ("dit more", self._round_record("dit more"), self._make_dit_more),
                   ("dit third", self._round_record("dit third"), self._make_dit_third),
+                  ("dit fourth", self._round_record("dit fourth"), self._make_dit_fourth),
                   ("classifier", self.out / "classifier.pt", self._make_classifier),
                   ("samples", self.out / "samples.png", self._make_samples)]
         if c.cast == "tags":
@@ -446,7 +454,13 @@ class Builder:
         """The same from the second round's DiT, for ``dit_third_steps`` at its own batch (kept as
         data/dit_second_round.safetensors)."""
         c = self.config
+        self._forget_rounds_after("dit third")
         self._continue_dit("dit third", path, c.dit_third_steps, c.dit_third_lr, c.dit_third_batch, c.seed + 2)
+
+    def _make_dit_fourth(self, path: Path) -> None:
+        """The same from the third round's DiT (kept as data/dit_third_round.safetensors)."""
+        c = self.config
+        self._continue_dit("dit fourth", path, c.dit_fourth_steps, c.dit_fourth_lr, c.dit_fourth_batch, c.seed + 3)
 
     def _continue_dit(self, round_name: str, path: Path, steps: int, lr: float, batch: int, seed: int) -> None:
         import shutil
@@ -556,6 +570,8 @@ def main(argv=None) -> int:
     parser.add_argument("--dit-batch", type=int, help="override the DiT's batch")
     parser.add_argument("--dit-more-steps", type=int, help="a second round of DiT training from the first round's weights")
     parser.add_argument("--dit-third-steps", type=int, help=f"a third round from the second round's weights (batch {WorldConfig.dit_third_batch})")
+    parser.add_argument("--dit-fourth-steps", type=int,
+                        help=f"a fourth round from the third round's weights (batch {WorldConfig.dit_fourth_batch})")
     parser.add_argument("--extras", type=int, help="override how many extra combinations the DiT trains on (0: the first rounds' world)")
     parser.add_argument("--oracle-samples", type=int, help="the tag world's oracle: samples per held-out character and scene")
     parser.add_argument("--tag-share", type=float,
@@ -570,7 +586,7 @@ def main(argv=None) -> int:
     start_comfyui(cpu=args.device == "cpu")
     config = SCALES[args.scale]
     overrides = {"dit_steps": args.dit_steps, "dit_batch": args.dit_batch, "dit_more_steps": args.dit_more_steps,
-                 "dit_third_steps": args.dit_third_steps,
+                 "dit_third_steps": args.dit_third_steps, "dit_fourth_steps": args.dit_fourth_steps,
                  "extras": args.extras, "threads": args.threads,
                  "tag_share": args.tag_share, "oracle_samples": args.oracle_samples}
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})

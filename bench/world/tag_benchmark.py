@@ -13,6 +13,8 @@ references on one scene, and samples asked for a scene three places further on (
   hair colour and the asked scene: the context should carry what the prompt leaves out;
 - **edit outfit** / **edit accessory**: the context, and a prompt that asks for another outfit colour or another
   accessory: the share with the asked value, and the share whose other four attributes are the references'.
+- **home** (a diagnosis, not in the issue's table): the context sampled in the references' own scene, empty negative:
+  what the tokens carry of the character when the prompt's scene does not fight them.
 
 Each row: identity, attributes, prompted background, leak (the references' scene), both (the character in the
 asked scene) and training seconds. Prints a table per reference count, ``TAGROW {json}`` per character and
@@ -32,7 +34,7 @@ from bench.world import benchmark as scene_benchmark
 from bench.world import tags
 from bench.world.characters import ATTRIBUTES, BACKGROUNDS, FRESH_SEEDS, attribute_tags, prompt_for, render, render_mask
 
-ROWS = ("oracle", "plain", "context", "partial", "edit_outfit", "edit_accessory")
+ROWS = ("oracle", "plain", "context", "partial", "edit_outfit", "edit_accessory", "home")
 SCORES = ("identity", "attributes", "background", "leak", "both")
 PROMPT_HEAD = "1girl, solo, standing, full body"
 REFERENCE_SEEDS = 300_000  # fresh seeds for the tag world's references, apart from the scene world's
@@ -127,7 +129,9 @@ def run(args, say=print) -> dict:
 
     torch.set_num_threads(args.threads)
     nodes, glue, _pack = scene_benchmark.setup(args)
-    train_node, apply_node = nodes.AnimaFastTrainReferenceContext(), nodes.AnimaFastTrainApplyContext()
+    # --masks trains with the masked node, so its own defaults (keep_background) are what is measured
+    train_node = (nodes.AnimaFastTrainMaskedReferenceContext if args.masks else nodes.AnimaFastTrainReferenceContext)()
+    apply_node = nodes.AnimaFastTrainApplyContext()
     default_prompt = nodes.AnimaFastTrainReferenceContext.INPUT_TYPES()["required"]["training_prompt"][1]["default"]
     settings = {"train": scene_benchmark.node_defaults(nodes), "train_kwargs": args.train_kwargs}
     refs = [int(r) for r in args.refs.split(",")]
@@ -136,7 +140,7 @@ def run(args, say=print) -> dict:
     wanted = {name.strip() for name in args.rows.split(",") if name.strip()}
     if not wanted or wanted - set(ROWS):
         raise SystemExit(f"error: --rows {args.rows!r}: choose from {', '.join(ROWS)}")
-    trained_kinds = {kind for kind in ("context", "partial") if kind in wanted} | ({"context"} if wanted & set(EDITS) else set())
+    trained_kinds = {kind for kind in ("context", "partial") if kind in wanted} | ({"context"} if wanted & (set(EDITS) | {"home"}) else set())
     started = time.perf_counter()
     with torch.inference_mode():
         meta, model, clip, vae = scene_benchmark.load_world(args.world, glue)
@@ -185,6 +189,7 @@ def run(args, say=print) -> dict:
                         # the reference fit the info text shows, to see whether it tracks the benchmark
                         row[f"{kind}_lift"] = round(float(contexts[kind].metadata["lift"]), 4)
                         row[f"{kind}_masked"] = bool(contexts[kind].metadata.get("masked"))
+                        row[f"{kind}_keep_background"] = float(contexts[kind].metadata.get("keep_background") or 0.0)
                     patched = {kind: apply_node.apply(model, context, **{"strength": 1.0, **args.apply_kwargs})[0]
                                for kind, context in contexts.items()}
                     scored = {}
@@ -194,6 +199,9 @@ def run(args, say=print) -> dict:
                     if "partial" in wanted:
                         scored["partial"] = scene_benchmark.score(classifier, draw(patched["partial"], tag_prompt(hair, b_tgt),
                                                                                    negative, noise), character, b_tgt, b_ref)
+                    if "home" in wanted:
+                        scored["home"] = scene_benchmark.score(classifier, draw(patched["context"], prompt_for(b_ref), "", noise),
+                                                               character, b_ref, b_ref)
                     for name, value in scored.items():
                         row.update({f"{name}_{k}": value[k] for k in SCORES})
                     for name, attribute in zip(EDITS, (OUTFIT, ACCESSORY)):
@@ -262,7 +270,7 @@ def table(summaries: list[dict]) -> str:
     lines = []
     for s in summaries:
         lines.append(f"{s['n_refs']} reference(s), {s['rows']} trainings     ident%   attr%    bg%  leak%  both%  train s")
-        for name in ("oracle", "plain", "context", "partial"):
+        for name in ("oracle", "plain", "context", "partial", "home"):
             if f"{name}_identity" not in s:
                 continue
             seconds = s.get(f"{name}_train_seconds")
