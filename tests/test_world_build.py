@@ -71,6 +71,28 @@ def test_vae_normalisation_gives_unit_latents(comfy):
     assert torch.allclose(after.std(dim=(0, 2, 3, 4)), torch.ones(16), atol=1e-3)
 
 
+def test_a_trained_encoder_learns_and_keeps_its_decoder_through_the_normalisation(comfy):
+    from bench.world import vae
+
+    pictures = torch.stack([torch.from_numpy(__import__("numpy").array(
+        world.render(c, b, seed=s, size=64))) for c in world.TRAINING[:4] for b in world.BACKGROUNDS[:2] for s in range(2)])
+    images = pictures.float() / 255.0
+    targets = vae.pixels_to_input(images)
+    module = vae.random_vae(8, seed=2)
+    encoder_before = module.encoder.conv1.weight.clone()
+    error_before = float((vae.pixels_to_input(vae.decode(module, vae.encode(module, images))) - targets).abs().mean())
+    vae.train_autoencoder(module, pictures, 40, 8, 2e-3, 0, log=lambda _: None)
+    assert not torch.equal(module.encoder.conv1.weight, encoder_before)  # the encoder trains too
+    decoded = vae.decode(module, vae.encode(module, images))
+    assert float((vae.pixels_to_input(decoded) - targets).abs().mean()) < 0.7 * error_before
+    # the normalisation rescales the latents and gives the decoder the inverse: the same pictures come back
+    vae.fold_normalisation(module, vae.encode(module, images), keep_decoder=True)
+    latents = vae.latent_format().process_in(vae.encode(module, images))
+    assert torch.allclose(latents.std(dim=(0, 2, 3, 4)), torch.ones(16), atol=1e-3)
+    assert torch.allclose(vae.decode(module, vae.encode(module, images)), decoded, atol=1e-4)
+    assert module.encoder.conv1.weight.requires_grad is False
+
+
 def test_smoke_build_loads_in_comfyui(comfy, tmp_path):
     from bench.world import build, sampling
     from bench.world.classifier import load_classifier

@@ -59,10 +59,11 @@ def latent_format():
     return comfy.latent_formats.Wan21()
 
 
-def fold_normalisation(module, raw_latents: torch.Tensor) -> torch.Tensor:
+def fold_normalisation(module, raw_latents: torch.Tensor, keep_decoder: bool = False) -> torch.Tensor:
     """Rescale the encoder's mean output so that ``process_latent_in(encode(x))`` has mean 0 and
     std 1 per channel over ``raw_latents`` (encodings of the world's pictures); returns those latents
-    as the rescaled encoder gives them (the change is an affine of the output: no second encode)."""
+    as the rescaled encoder gives them (the change is an affine of the output: no second encode).
+    ``keep_decoder``: a decoder already trained on the old latents gets the inverse affine in its input conv."""
     fmt = latent_format()
     mean, std = fmt.latents_mean.view(-1), fmt.latents_std.view(-1)
     dit_space = (raw_latents - fmt.latents_mean) * fmt.scale_factor / fmt.latents_std
@@ -75,6 +76,10 @@ def fold_normalisation(module, raw_latents: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         conv.weight[:LATENT_CHANNELS] *= scale.view(-1, *([1] * (conv.weight.ndim - 1)))
         conv.bias[:LATENT_CHANNELS] = conv.bias[:LATENT_CHANNELS] * scale + shift
+        if keep_decoder:  # conv2(old) = conv2((new - shift) / scale)
+            entry = module.conv2
+            entry.bias -= (entry.weight * (shift / scale).view(1, -1, *([1] * (entry.weight.ndim - 2)))).sum(dim=tuple(range(1, entry.weight.ndim)))
+            entry.weight /= scale.view(1, -1, *([1] * (entry.weight.ndim - 2)))
     return raw_latents * scale.view(1, -1, 1, 1, 1) + shift.view(1, -1, 1, 1, 1)
 
 
@@ -103,6 +108,40 @@ def train_decoder(module, raw_latents: torch.Tensor, pixels: torch.Tensor, steps
         losses.append(float(loss))
         if (step + 1) % max(1, steps // 10) == 0:
             log(f"  vae decoder step {step + 1}/{steps}: loss {sum(losses[-50:]) / len(losses[-50:]):.4f} "
+                f"({time.perf_counter() - started:.0f} s)")
+    module.eval().requires_grad_(False)
+    return losses
+
+
+def train_autoencoder(module, pixels: torch.Tensor, steps: int, batch: int, lr: float, seed: int, log=print,
+                      latent_noise: float = 0.1) -> list[float]:
+    """Fit the encoder and decoder together (L1 + MSE in -1..1), so the latent keeps what a random encoder
+    blurs away (a bow, cat ears, the hair's colour under the decoder). Gaussian noise of ``latent_noise`` times
+    each channel's spread is added to the latent before decoding: the scale cannot grow to beat it, and nearby
+    latents decode alike, as a DiT's samples need. ``pixels`` are uint8 [N, S, S, 3]."""
+    params = [param for param in module.parameters()]
+    for param in params:
+        param.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(steps, 1), pct_start=0.05)
+    generator = torch.Generator().manual_seed(seed)
+    losses, started = [], time.perf_counter()
+    module.train()
+    for step in range(steps):
+        index = torch.randint(0, len(pixels), (batch,), generator=generator)
+        target = pixels_to_input(pixels[index].float() / 255.0)
+        latent = module.encode(target)
+        spread = latent.detach().std(dim=(0, 2, 3, 4), keepdim=True)
+        noise = torch.randn(latent.shape, generator=generator) * latent_noise
+        decoded = module.decode(latent + spread * noise)
+        loss = (decoded - target).abs().mean() + (decoded - target).square().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(float(loss.detach()))
+        if (step + 1) % max(1, steps // 10) == 0:
+            log(f"  vae step {step + 1}/{steps}: loss {sum(losses[-50:]) / len(losses[-50:]):.4f} "
                 f"({time.perf_counter() - started:.0f} s)")
     module.eval().requires_grad_(False)
     return losses
