@@ -1,6 +1,7 @@
 """The world's VAE: ComfyUI's Wan 2.1 VAE class at a small width, with a fixed random encoder whose
 latents are normalised per channel (the affine folded into its last 1x1 conv) and a decoder trained
-on those latents, so that samples can be looked at.
+on those latents, so that samples can be looked at; or (the tag world) encoder and decoder trained together, whose
+latent keeps what a random encoder blurs away (``train_autoencoder``).
 
 A random encoder keeps the pictures' colour blocks but its latents barely vary between pictures
 (~0.1 per element after ``process_latent_in``); without the normalisation a DiT trained on them sees
