@@ -170,67 +170,48 @@ def test_a_second_dit_round_goes_on_from_the_first_and_leaves_it_kept(comfy, tmp
     assert not (out / "data" / "dit_first_round.safetensors").exists()
 
 
-def test_a_third_dit_round_goes_on_from_the_second_and_a_remade_second_round_restarts_it(comfy, tmp_path):
-    """``dit_third_steps`` trains the second round's DiT further at its own batch, keeping the second round's file;
-    making the second round again starts the third from the new second round (it once refused: the later round's
-    record said it had trained, its start was gone), and 0 third steps gives the second round back."""
+# (the round, the settings its smoke world starts with): each later round goes on from the one before it
+LATER_ROUNDS = [("dit third", {"dit_more_steps": 2}),
+                ("dit fourth", {"dit_more_steps": 2, "dit_third_steps": 2, "dit_third_batch": 2})]
+
+
+@pytest.mark.parametrize("round_name,earlier_settings", LATER_ROUNDS, ids=[name for name, _ in LATER_ROUNDS])
+def test_a_later_dit_round_goes_on_from_the_one_before_and_a_remade_earlier_round_restarts_it(comfy, tmp_path, round_name,
+                                                                                              earlier_settings):
+    """``dit_third_steps`` / ``dit_fourth_steps`` train the round before's DiT further at their own batch (a fresh
+    optimiser), keeping that round's file; making that round again starts the later one from its new DiT (it once
+    refused: the later round's record said it had trained, its start was gone), and 0 later steps gives it back."""
     from dataclasses import replace
 
     from safetensors.torch import load_file
 
     from bench.world import build
 
-    smoke = replace(build.SCALES["smoke"], tag_share=0.0, extras=0, dit_more_steps=2)
+    earlier = build.DIT_ROUNDS[build.DIT_ROUNDS.index(round_name) - 1]
+    before_earlier = build.DIT_ROUNDS[build.DIT_ROUNDS.index(earlier) - 1]
+    steps_field, earlier_steps_field = (f"{name.replace(' ', '_')}_steps" for name in (round_name, earlier))
+    batch_field = f"{round_name.replace(' ', '_')}_batch"
+    smoke = replace(build.SCALES["smoke"], tag_share=0.0, extras=0, **earlier_settings)
     out = build.Builder(tmp_path, smoke, log=lambda _: None).build()
-    second = load_file(str(out / build.DIT_FILE))
-    kept = out / "data" / "dit_second_round.safetensors"
+    start = load_file(str(out / build.DIT_FILE))
+    kept = out / "data" / build.ROUND_INPUTS[round_name]
     lines = []
-    build.Builder(out, replace(smoke, dit_third_steps=2, dit_third_batch=2), log=lines.append).build()
-    assert "[dit third]" in lines and "[dit more]" not in lines and "[dit]" not in lines and "[samples]" in lines
-    third = load_file(str(out / build.DIT_FILE))
-    assert any(not torch.equal(second[k], third[k]) for k in third if not k.startswith("llm_adapter."))
-    assert all(torch.equal(second[k], v) for k, v in load_file(str(kept)).items())
-    assert json.loads((out / "data" / "dit_third.json").read_text()) == {"steps": 2, "lr": 2e-4, "batch": 2}
-
-    lines = []
-    build.Builder(out, replace(smoke, dit_more_steps=3, dit_third_steps=2, dit_third_batch=2), log=lines.append).build()
-    assert "[dit more]" in lines and "[dit third]" in lines and "[dit]" not in lines
-    new_second = load_file(str(kept))
-    assert any(not torch.equal(second[k], new_second[k]) for k in new_second if not k.startswith("llm_adapter."))
-    build.Builder(out, replace(smoke, dit_more_steps=3), log=lambda _: None).build()
-    assert all(torch.equal(new_second[k], v) for k, v in load_file(str(out / build.DIT_FILE)).items())
-    assert not kept.exists()
-
-
-def test_a_fourth_dit_round_goes_on_from_the_third_and_a_remade_third_round_restarts_it(comfy, tmp_path):
-    """``dit_fourth_steps`` goes on from the third round's DiT with a fresh optimiser, keeping the third round's file
-    (a world built with a short third round is lengthened without redoing it); remaking the third round starts the
-    fourth again from the new third."""
-    from dataclasses import replace
-
-    from safetensors.torch import load_file
-
-    from bench.world import build
-
-    smoke = replace(build.SCALES["smoke"], tag_share=0.0, extras=0, dit_more_steps=2, dit_third_steps=2, dit_third_batch=2)
-    out = build.Builder(tmp_path, smoke, log=lambda _: None).build()
-    third = load_file(str(out / build.DIT_FILE))
-    kept = out / "data" / "dit_third_round.safetensors"
-    lines = []
-    build.Builder(out, replace(smoke, dit_fourth_steps=2, dit_fourth_batch=2), log=lines.append).build()
-    assert "[dit fourth]" in lines and "[dit third]" not in lines and "[samples]" in lines
-    fourth = load_file(str(out / build.DIT_FILE))
-    assert any(not torch.equal(third[k], fourth[k]) for k in fourth if not k.startswith("llm_adapter."))
-    assert all(torch.equal(third[k], v) for k, v in load_file(str(kept)).items())
-    assert json.loads((out / "data" / "dit_fourth.json").read_text()) == {"steps": 2, "lr": 2e-4, "batch": 2}
+    build.Builder(out, replace(smoke, **{steps_field: 2, batch_field: 2}), log=lines.append).build()
+    assert f"[{round_name}]" in lines and f"[{earlier}]" not in lines and f"[{before_earlier}]" not in lines
+    assert "[samples]" in lines
+    trained = load_file(str(out / build.DIT_FILE))
+    assert any(not torch.equal(start[k], trained[k]) for k in trained if not k.startswith("llm_adapter."))
+    assert all(torch.equal(start[k], v) for k, v in load_file(str(kept)).items())
+    record = out / "data" / f"{round_name.replace(' ', '_')}.json"
+    assert json.loads(record.read_text()) == {"steps": 2, "lr": 2e-4, "batch": 2}
 
     lines = []
-    build.Builder(out, replace(smoke, dit_third_steps=3, dit_fourth_steps=2, dit_fourth_batch=2), log=lines.append).build()
-    assert "[dit third]" in lines and "[dit fourth]" in lines and "[dit more]" not in lines
-    new_third = load_file(str(kept))
-    assert any(not torch.equal(third[k], new_third[k]) for k in new_third if not k.startswith("llm_adapter."))
-    build.Builder(out, replace(smoke, dit_third_steps=3), log=lambda _: None).build()
-    assert all(torch.equal(new_third[k], v) for k, v in load_file(str(out / build.DIT_FILE)).items())
+    build.Builder(out, replace(smoke, **{earlier_steps_field: 3, steps_field: 2, batch_field: 2}), log=lines.append).build()
+    assert f"[{earlier}]" in lines and f"[{round_name}]" in lines and f"[{before_earlier}]" not in lines
+    new_start = load_file(str(kept))
+    assert any(not torch.equal(start[k], new_start[k]) for k in new_start if not k.startswith("llm_adapter."))
+    build.Builder(out, replace(smoke, **{earlier_steps_field: 3}), log=lambda _: None).build()
+    assert all(torch.equal(new_start[k], v) for k, v in load_file(str(out / build.DIT_FILE)).items())
     assert not kept.exists()
 
 
