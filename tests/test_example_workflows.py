@@ -209,6 +209,18 @@ def test_each_example_shows_what_it_is_about(pack):
     assert apply["widgets_values"][2:] != [0.0, 1.0, "all"]  # steered: not the defaults
 
 
+def test_the_mask_templates_note_explains_each_input_the_masked_node_adds(node_specs):
+    def inputs(name):
+        spec = node_specs[name]
+        return {**spec.get("required", {}), **spec.get("optional", {})}
+
+    added = set(inputs("AnimaFastTrainMaskedReferenceContext")) - set(inputs("AnimaFastTrainReferenceContext"))
+    assert {"training_mask", "keep_background"} <= added
+    note = "\n".join(str(value) for node in _load(WORKFLOWS / f"{MASKED}.json")["nodes"] if node["type"] in NOTES
+                     for value in node.get("widgets_values", []))
+    assert [name for name in sorted(added) if f"`{name}`" not in note] == []
+
+
 def test_two_characters_chains_two_masked_applies_with_left_and_right_masks_from_core_nodes():
     workflow = _load(WORKFLOWS / f"{TWO_CHARACTERS}.json")
     by_id = {node["id"]: node for node in workflow["nodes"]}
