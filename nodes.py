@@ -190,14 +190,15 @@ class AnimaFastTrainApplyContext:
             "optional": {
                 "apply_to": (list(APPLY_TO_CHOICES), {
                     "default": DEFAULT_APPLY_TO,
-                    "tooltip": "Which prompt's rows get the tokens. 'positive': guidance multiplies their pull (on the scene "
-                               "world the character comes through only this way). 'both': the prompt keeps more "
-                               "of the scene and the character comes through weakly.",
+                    "tooltip": "Which prompt's rows get the tokens. 'both': guidance does not multiply their pull, so the "
+                               "prompt keeps its scene. 'positive' pulls harder: more of the character, and more of "
+                               "the references' background along with it. 'auto': 'positive' for a context trained "
+                               "with a mask and keep_background (its tokens hold no background), 'both' for others.",
                 }),
                 "start_percent": ("FLOAT", {"default": DEFAULT_START_PERCENT, "min": 0.0, "max": 1.0, "step": 0.001,
                                             "tooltip": "Part of sampling where the tokens start to act (0 = the first step). "
-                                                       "Higher lets the prompt lay out the scene first: more of the "
-                                                       "scene, less of the character."}),
+                                                       "0.1 lets the prompt lay out the scene first; higher keeps more "
+                                                       "of the scene and less of the character."}),
                 "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.001,
                                           "tooltip": "Part of sampling where the tokens stop acting (1 = the last step)."}),
                 "blocks": ("STRING", {"default": "all",

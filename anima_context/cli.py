@@ -188,10 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--strength", type=float, default=1.0,
                         help="scales what the tokens contribute: 1 as trained, 0 renders the plain model's image (default: 1).")
     sample.add_argument("--apply-to", choices=APPLY_TO_CHOICES, default=DEFAULT_APPLY_TO,
-                        help=f"which prompt's rows get the tokens (default: {DEFAULT_APPLY_TO}: guidance multiplies their pull).")
+                        help=f"which prompt's rows get the tokens (default: {DEFAULT_APPLY_TO}: positive for a context trained with "
+                             "a mask and --keep-background, both for others; both keeps guidance from multiplying their "
+                             "pull, positive pulls harder and brings more of the references' background).")
     sample.add_argument("--start-percent", type=_percent, default=DEFAULT_START_PERCENT,
-                        help=f"part of sampling where the tokens start to act (default: {DEFAULT_START_PERCENT}; "
-                             "later lets the prompt lay out the scene first).")
+                        help=f"part of sampling where the tokens start to act (default: {DEFAULT_START_PERCENT}: the prompt "
+                             "lays out the scene first).")
     sample.add_argument("--end-percent", type=_percent, default=1.0, help="part of sampling where they stop acting (default: 1).")
     sample.add_argument("--blocks", default="all",
                         help="blocks that get their tokens: all, a range 0-13, a list 0,3,5-7, or one weight per block "

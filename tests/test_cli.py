@@ -58,7 +58,7 @@ def test_sample_defaults_and_repeatable_images():
     assert (args.prompt, args.negative, args.seed, args.steps, args.cfg, args.sampler, args.scheduler) == (
         None, "worst quality, low quality, blurry, jpeg artifacts", 0, 30, 4.0, "euler", "simple")
     assert (args.width, args.height, args.strength, args.apply_to, args.start_percent, args.end_percent, args.blocks) == (
-        1024, 1024, 1.0, "positive", 0.0, 1.0, "all")
+        1024, 1024, 1.0, "auto", 0.1, 1.0, "all")
     train = cli.build_parser().parse_args(["train", "--image", "a.png", "--image", "b.png", "--mask", "m.png", "--out", "o"])
     assert train.image == ["a.png", "b.png"] and train.mask == ["m.png"]
 

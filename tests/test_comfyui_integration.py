@@ -275,6 +275,25 @@ def test_dtype_fallbacks_on_devices_that_lack_the_dtype(comfyui, monkeypatch):
         comfy_glue.resolve_dtype("int8", torch.device("cpu"))
 
 
+def test_apply_to_auto_follows_how_the_context_was_trained(pack, anima, trained):
+    """The default: both prompts' rows from 10% of sampling for a plain context, the positive rows for one
+    trained with a mask and keep_background (its tokens hold no background), through the sampler with CFG."""
+    context, _, _ = trained
+    held_off = type(context)(context.tokens, {**context.metadata, "masked": True, "keep_background": 1.0})
+    clip = FakeAnimaClip()
+    positive, negative = clip.encode_from_tokens_scheduled("a girl"), clip.encode_from_tokens_scheduled("bad")
+    apply = pack.NODE_CLASS_MAPPINGS["AnimaFastTrainApplyContext"]()
+    with torch.inference_mode():
+        (plain_default,) = apply.apply(anima, context, 1.0)
+        (plain_both,) = apply.apply(anima, context, 1.0, "both", 0.1)
+        (held_default,) = apply.apply(anima, held_off, 1.0)
+        (held_positive,) = apply.apply(anima, held_off, 1.0, "positive", 0.1)
+    both_rows, positive_rows = _sample(plain_both, positive, negative), _sample(held_positive, positive, negative)
+    assert torch.equal(_sample(plain_default, positive, negative), both_rows)
+    assert torch.equal(_sample(held_default, positive, negative), positive_rows)
+    assert (both_rows - positive_rows).abs().max() > 1e-5
+
+
 def test_percent_range_and_block_selection_steer_the_context(pack, anima, trained):
     from anima_context.errors import InvalidSettingError
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 
 import pytest
 from conftest import REPO
@@ -206,7 +207,24 @@ def test_each_example_shows_what_it_is_about(pack):
     (train,) = [n for n in steering["nodes"] if n["type"] == "AnimaFastTrainReferenceContext"]
     assert all(entry["link"] is not None for entry in train["inputs"])  # all three references connected
     (apply,) = [n for n in steering["nodes"] if n["type"] == "AnimaFastTrainApplyContext"]
-    assert apply["widgets_values"][2:] != [0.0, 1.0, "all"]  # steered: not the defaults
+    optional = pack.NODE_CLASS_MAPPINGS["AnimaFastTrainApplyContext"].INPUT_TYPES()["optional"]
+    defaults = [optional[name][1]["default"] for name in ("start_percent", "end_percent", "blocks")]
+    assert apply["widgets_values"][2:] != defaults  # steered: not the defaults
+
+
+@pytest.mark.parametrize("path", PATHS, ids=lambda p: p.stem)
+def test_an_apply_title_that_names_its_steps_and_blocks_says_what_its_widgets_hold(path):
+    for node in _load(path)["nodes"]:
+        if node["type"] != "AnimaFastTrainApplyContext":
+            continue
+        _, _, start, end, blocks = node["widgets_values"][:5]
+        title = node.get("title", "")
+        steps = re.search(r"steps (\d+)-(\d+)%", title)
+        if steps:
+            assert (int(steps[1]), int(steps[2])) == (round(start * 100), round(end * 100)), title
+        named = re.search(r"blocks ([\d,-]+)", title)
+        if named:
+            assert named[1] == blocks, title
 
 
 def test_the_mask_templates_note_explains_each_input_the_masked_node_adds(node_specs):

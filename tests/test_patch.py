@@ -2,7 +2,8 @@ import pytest
 import torch
 from tiny_anima import make_tiny_setup
 
-from anima_context.patch import ContextTokenPatch, parse_block_selection
+from anima_context.errors import InvalidSettingError
+from anima_context.patch import ContextTokenPatch, parse_block_selection, rows_for
 
 
 def _options(*patches, **extra):
@@ -39,6 +40,21 @@ def test_apply_to_picks_rows_by_cond_or_uncond(apply_to, expected_rows):
     out = ContextTokenPatch(tokens, apply_to=apply_to)(None, k, k, extra_options={"block_index": 0, "cond_or_uncond": [0, 1]})
     got = out["k"][:, 3:].abs().sum(dim=(1, 2)).gt(0).int().tolist()
     assert got == expected_rows
+
+
+@pytest.mark.parametrize(
+    "metadata, rows",
+    [({}, "both"),  # a context saved before these keys existed
+     ({"masked": False, "keep_background": 0.0}, "both"),
+     ({"masked": True, "keep_background": 0.0}, "both"),  # masked, but its tokens were free to learn the background
+     ({"masked": True, "keep_background": 1.0}, "positive")],
+)
+def test_auto_puts_tokens_held_off_the_background_in_the_positive_rows_only(metadata, rows):
+    assert rows_for("auto", metadata) == rows
+    for chosen in ("positive", "negative", "both"):  # a choice the user made stands
+        assert rows_for(chosen, {"masked": True, "keep_background": 1.0}) == chosen
+    with pytest.raises(InvalidSettingError, match="apply_to must be one of auto, positive"):
+        rows_for("cond", metadata)
 
 
 def test_to_follows_devices_and_ignores_dtypes():
