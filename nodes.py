@@ -13,7 +13,7 @@ from .anima_context.patch import (
     block_weights,
     check_sampling_range,
 )
-from .anima_context.trainer import COMPUTE_DTYPES, DEFAULT_KEEP_BACKGROUND
+from .anima_context.trainer import COMPUTE_DTYPES, DEFAULT_KEEP_BACKGROUND, DEFAULT_NUM_TOKENS
 
 CONTEXT_TYPE = "ANIMA_REFERENCE_CONTEXT"
 CATEGORY = "AnimaFastTrain"
@@ -88,7 +88,7 @@ class AnimaFastTrainReferenceContext:
                                             "tooltip": "Adam learning rate for the tokens. Lower it if training fails with NaN."}),
                 "training_image_size": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 16,
                                                 "tooltip": "References are resized and center-cropped to this square size (multiple of 16)."}),
-                "num_tokens": ("INT", {"default": 16, "min": 1, "max": 256,
+                "num_tokens": ("INT", {"default": DEFAULT_NUM_TOKENS, "min": 1, "max": 256,
                                        "tooltip": "Context tokens per DiT block. More tokens hold more detail."}),
                 "init_std": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 10.0, "step": 0.01,
                                        "tooltip": "Standard deviation of the random token init."}),

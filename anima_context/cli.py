@@ -33,7 +33,7 @@ from .errors import AnimaFastTrainError
 from .image_files import ImageFileError, load_image, load_mask, masks_for_references
 from .images import SIZE_MULTIPLE
 from .patch import APPLY_TO_CHOICES, DEFAULT_APPLY_TO, DEFAULT_START_PERCENT, check_sampling_range
-from .trainer import COMPUTE_DTYPES, DEFAULT_KEEP_BACKGROUND
+from .trainer import COMPUTE_DTYPES, DEFAULT_KEEP_BACKGROUND, DEFAULT_NUM_TOKENS
 
 PACK_DIR = Path(os.path.abspath(__file__)).parents[1]
 DEFAULT_TRAIN_PROMPT = "1girl, solo, anime illustration"
@@ -160,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--learning-rate", type=float, default=0.1, help="Adam learning rate of the tokens (default: 0.1).")
     train.add_argument("--size", type=int, default=512,
                        help="references are resized and center-cropped to this square, a multiple of 16 (default: 512).")
-    train.add_argument("--num-tokens", type=_positive_int, default=16, help="context tokens per DiT block (default: 16).")
+    train.add_argument("--num-tokens", type=_positive_int, default=DEFAULT_NUM_TOKENS,
+                       help=f"context tokens per DiT block (default: {DEFAULT_NUM_TOKENS}).")
     train.add_argument("--init-std", type=float, default=0.5, help="spread of the random token init (default: 0.5).")
     train.add_argument("--dtype", choices=list(COMPUTE_DTYPES), default="bfloat16",
                        help="compute dtype while training; tokens stay float32. On a CPU float32 is used (default: bfloat16).")

@@ -45,7 +45,7 @@ def _fake_comfyui(folder: Path) -> Path:
 def test_train_defaults_mirror_the_node():
     args = cli.build_parser().parse_args(["train", "--image", "a.png", "--out", "ctx"])
     assert (args.seed, args.steps, args.learning_rate, args.size, args.num_tokens, args.init_std, args.dtype) == (
-        0, 50, 0.1, 512, 16, 0.5, "bfloat16")
+        0, 50, 0.1, 512, 32, 0.5, "bfloat16")
     assert args.prompt == "1girl, solo, anime illustration" and args.mask == [] and args.loss_plot is None
     assert cli.model_names(args) == {"unet": "anima-base-v1.0.safetensors", "clip": "qwen_3_06b_base.safetensors",
                                      "vae": "qwen_image_vae.safetensors"}
