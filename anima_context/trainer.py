@@ -44,7 +44,8 @@ COMPUTE_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32
 # alone the tokens still redraw the references' scene; held to the model outside it they keep the asked one.
 DEFAULT_KEEP_BACKGROUND = 1.0
 # Tokens per block (bench/world/README.md, tenth session): on the tag world 32 put the character in the asked scene
-# more often than 16 (tuning set 18% -> 27% from one reference, 30% -> 47% from three) at the same training time.
+# more often than 16 at the same training time (tuning set 18% -> 27% from one reference, 30% -> 47% from three;
+# final set 19% -> 31% and 17% -> 17%); 64 let the references' scene back in.
 DEFAULT_NUM_TOKENS = 32
 
 

@@ -27,9 +27,9 @@ sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "bench")]
 from anima_context.activation_checkpoint import checkpointed_blocks  # noqa: E402
 from anima_context.frozen_weights import autograd_safe_weights  # noqa: E402
 from anima_context.patch import ContextTokenPatch  # noqa: E402
-from anima_context.trainer import TrainSettings, _merge_patch, train_tokens  # noqa: E402
+from anima_context.trainer import DEFAULT_NUM_TOKENS, TrainSettings, _merge_patch, train_tokens  # noqa: E402
 
-DEFAULTS = dict(learning_rate=0.1, num_tokens=16, init_std=0.5)  # the train node's defaults
+DEFAULTS = dict(learning_rate=0.1, num_tokens=DEFAULT_NUM_TOKENS, init_std=0.5)  # the train node's defaults
 
 
 def rss_bytes(field: str) -> int:

@@ -287,6 +287,7 @@ def _run_row(row: Row, args, result: dict) -> None:
     from comfy_anima import FakeAnimaClip, FakeWanVae
 
     import anima_context.comfy_glue.training as glue
+    from anima_context.trainer import DEFAULT_NUM_TOKENS
 
     folder = Path(args.dir)
     cuda = torch.cuda.is_available() and not args.cpu
@@ -350,7 +351,7 @@ def _run_row(row: Row, args, result: dict) -> None:
         with torch.inference_mode():  # as ComfyUI's executor runs a node
             context, info, _ = glue.train_reference_context(
                 model, FakeAnimaClip(), FakeWanVae(), images, "1girl, solo", seed=0, steps=args.steps,
-                learning_rate=0.1, image_size=size, num_tokens=16, init_std=0.5,
+                learning_rate=0.1, image_size=size, num_tokens=DEFAULT_NUM_TOKENS, init_std=0.5,
                 dtype_name="bfloat16" if cuda else "float32", on_progress=on_progress,
                 activation_checkpointing=row.checkpointing)
         total_s = time.perf_counter() - node_started

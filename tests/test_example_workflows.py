@@ -212,19 +212,22 @@ def test_each_example_shows_what_it_is_about(pack):
     assert apply["widgets_values"][2:] != defaults  # steered: not the defaults
 
 
-@pytest.mark.parametrize("path", PATHS, ids=lambda p: p.stem)
-def test_an_apply_title_that_names_its_steps_and_blocks_says_what_its_widgets_hold(path):
-    for node in _load(path)["nodes"]:
-        if node["type"] != "AnimaFastTrainApplyContext":
-            continue
-        _, _, start, end, blocks = node["widgets_values"][:5]
-        title = node.get("title", "")
-        steps = re.search(r"steps (\d+)-(\d+)%", title)
-        if steps:
-            assert (int(steps[1]), int(steps[2])) == (round(start * 100), round(end * 100)), title
-        named = re.search(r"blocks ([\d,-]+)", title)
-        if named:
-            assert named[1] == blocks, title
+def test_an_apply_title_that_names_its_steps_and_blocks_says_what_its_widgets_hold():
+    checked = []
+    for path in PATHS:
+        for node in _load(path)["nodes"]:
+            if node["type"] != "AnimaFastTrainApplyContext":
+                continue
+            _, _, start, end, blocks = node["widgets_values"][:5]
+            title = node.get("title", "")
+            steps = re.search(r"steps (\d+)-(\d+)%", title)
+            if steps:
+                assert (int(steps[1]), int(steps[2])) == (round(start * 100), round(end * 100)), (path.stem, title)
+                checked.append(title)
+            named = re.search(r"blocks ([\d,-]+)", title)
+            if named:
+                assert named[1] == blocks, (path.stem, title)
+    assert checked, "the steering template's Apply title names its steps"
 
 
 def test_the_mask_templates_note_explains_each_input_the_masked_node_adds(node_specs):
