@@ -13,7 +13,7 @@ from .anima_context.patch import (
     block_weights,
     check_sampling_range,
 )
-from .anima_context.trainer import COMPUTE_DTYPES, DEFAULT_KEEP_BACKGROUND, DEFAULT_NUM_TOKENS
+from .anima_context.trainer import COMPUTE_DTYPES, DEFAULT_KEEP_BACKGROUND, DEFAULT_MASKED_NUM_TOKENS, DEFAULT_NUM_TOKENS
 
 CONTEXT_TYPE = "ANIMA_REFERENCE_CONTEXT"
 CATEGORY = "AnimaFastTrain"
@@ -144,6 +144,8 @@ class AnimaFastTrainMaskedReferenceContext(AnimaFastTrainReferenceContext):
         required = {}
         for name, entry in spec["required"].items():
             required[name] = entry
+            if name == "num_tokens":  # fewer than the plain node's: more let the references' scene back in (README)
+                required[name] = (entry[0], {**entry[1], "default": DEFAULT_MASKED_NUM_TOKENS})
             if name == "reference_image":
                 required["training_mask"] = ("MASK", {
                     "tooltip": "White (1) = the character, black (0) = ignore. One mask for all references or one per "

@@ -33,7 +33,7 @@ from .errors import AnimaFastTrainError
 from .image_files import ImageFileError, load_image, load_mask, masks_for_references
 from .images import SIZE_MULTIPLE
 from .patch import APPLY_TO_CHOICES, DEFAULT_APPLY_TO, DEFAULT_START_PERCENT, check_sampling_range
-from .trainer import COMPUTE_DTYPES, DEFAULT_KEEP_BACKGROUND, DEFAULT_NUM_TOKENS
+from .trainer import COMPUTE_DTYPES, DEFAULT_KEEP_BACKGROUND, DEFAULT_MASKED_NUM_TOKENS, DEFAULT_NUM_TOKENS
 
 PACK_DIR = Path(os.path.abspath(__file__)).parents[1]
 DEFAULT_TRAIN_PROMPT = "1girl, solo, anime illustration"
@@ -160,8 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--learning-rate", type=float, default=0.1, help="Adam learning rate of the tokens (default: 0.1).")
     train.add_argument("--size", type=int, default=512,
                        help="references are resized and center-cropped to this square, a multiple of 16 (default: 512).")
-    train.add_argument("--num-tokens", type=_positive_int, default=DEFAULT_NUM_TOKENS,
-                       help=f"context tokens per DiT block (default: {DEFAULT_NUM_TOKENS}).")
+    train.add_argument("--num-tokens", type=_positive_int, default=None,
+                       help=f"context tokens per DiT block (default: {DEFAULT_NUM_TOKENS}; "
+                            f"{DEFAULT_MASKED_NUM_TOKENS} with --mask, as the masked train node).")
     train.add_argument("--init-std", type=float, default=0.5, help="spread of the random token init (default: 0.5).")
     train.add_argument("--dtype", choices=list(COMPUTE_DTYPES), default="bfloat16",
                        help="compute dtype while training; tokens stay float32. On a CPU float32 is used (default: bfloat16).")
@@ -438,6 +439,7 @@ def run_train(args) -> int:
     if args.keep_background is not None and not args.mask:
         raise CommandLineError("--keep-background needs --mask: it keeps the picture as it was outside the mask.")
     keep_background = (DEFAULT_KEEP_BACKGROUND if args.keep_background is None else args.keep_background) if args.mask else 0.0
+    args.num_tokens = num_tokens_for(args)
     TrainSettings(steps=args.steps, learning_rate=args.learning_rate, num_tokens=args.num_tokens,
                   init_std=args.init_std, seed=args.seed, keep_background=keep_background).validate()
     images, masks = read_references(args.image, args.mask)
@@ -511,6 +513,13 @@ def run_demo_models(args) -> int:
     write_demo_models(folder, comfy_env.root, say, force=args.force)
     say(f"done in {time.perf_counter() - started:.0f}s. Use them with: python -m anima_context train --demo-models {args.folder} ...")
     return 0
+
+
+def num_tokens_for(args) -> int:
+    """``--num-tokens``, or the default of the node the options stand for: the masked train node's with ``--mask``."""
+    if args.num_tokens is not None:
+        return args.num_tokens
+    return DEFAULT_MASKED_NUM_TOKENS if args.mask else DEFAULT_NUM_TOKENS
 
 
 # The pack's messages name the node inputs; on the command line the options stand for them.

@@ -44,8 +44,13 @@ def _fake_comfyui(folder: Path) -> Path:
 
 def test_train_defaults_mirror_the_node():
     args = cli.build_parser().parse_args(["train", "--image", "a.png", "--out", "ctx"])
-    assert (args.seed, args.steps, args.learning_rate, args.size, args.num_tokens, args.init_std, args.dtype) == (
+    assert (args.seed, args.steps, args.learning_rate, args.size, cli.num_tokens_for(args), args.init_std, args.dtype) == (
         0, 50, 0.1, 512, 32, 0.5, "bfloat16")
+    # with --mask the options stand for the masked node, which keeps fewer tokens; --num-tokens wins over both
+    masked = cli.build_parser().parse_args(["train", "--image", "a.png", "--mask", "m.png", "--out", "ctx"])
+    assert cli.num_tokens_for(masked) == 16
+    chosen = cli.build_parser().parse_args(["train", "--image", "a.png", "--mask", "m.png", "--num-tokens", "8", "--out", "c"])
+    assert cli.num_tokens_for(chosen) == 8
     assert args.prompt == "1girl, solo, anime illustration" and args.mask == [] and args.loss_plot is None
     assert cli.model_names(args) == {"unet": "anima-base-v1.0.safetensors", "clip": "qwen_3_06b_base.safetensors",
                                      "vae": "qwen_image_vae.safetensors"}
