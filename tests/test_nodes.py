@@ -58,11 +58,12 @@ def test_masked_node_has_the_same_inputs_plus_a_mask_and_the_same_outputs(pack):
     assert {k: masked_spec["optional"][k] for k in plain_spec["optional"]} == plain_spec["optional"]
     assert masked_spec["optional"]["keep_background"][1]["default"] == DEFAULT_KEEP_BACKGROUND > 0
     assert masked_spec["hidden"] == plain_spec["hidden"]
-    # fewer tokens than the plain node (README, The defaults, measured); the command line mirrors both
-    assert (plain_spec["required"]["num_tokens"][1]["default"], masked_spec["required"]["num_tokens"][1]["default"]) == (32, 16)
+    # fewer tokens than the plain node (README, The defaults, measured); the command line mirrors both nodes
+    plain_tokens, masked_tokens = (spec["required"]["num_tokens"][1]["default"] for spec in (plain_spec, masked_spec))
+    assert (plain_tokens, masked_tokens) == (32, 16)
     parse = cli.build_parser().parse_args
-    assert cli.num_tokens_for(parse(["train", "--image", "a.png", "--out", "c"])) == 32
-    assert cli.num_tokens_for(parse(["train", "--image", "a.png", "--mask", "m.png", "--out", "c"])) == 16
+    assert cli.num_tokens_for(parse(["train", "--image", "a.png", "--out", "c"])) == plain_tokens
+    assert cli.num_tokens_for(parse(["train", "--image", "a.png", "--mask", "m.png", "--out", "c"])) == masked_tokens
     assert (masked.RETURN_TYPES, masked.RETURN_NAMES) == (plain.RETURN_TYPES, plain.RETURN_NAMES)
     assert masked.DESCRIPTION != plain.DESCRIPTION and "mask" in masked.DESCRIPTION
 
