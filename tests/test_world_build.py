@@ -369,3 +369,11 @@ def test_the_tag_world_smoke_build_trains_on_tagged_captions_and_runs_its_oracle
     assert not any(line.startswith("  oracle") for text in said for line in text.splitlines())
     with pytest.raises(SystemExit, match="--rows"):
         tag_benchmark.main(["--world", str(out), "--out", str(tmp_path / "x"), "--split", "u00", "--rows", "contxt"])
+    # the steps curve: one training of three steps gives the one- and three-step rows, scored as the context row
+    from bench.world import steps_curve
+
+    curve = steps_curve.main(["--world", str(out), "--out", str(tmp_path / "curve"), "--split", "u00", "--refs", "1",
+                              "--steps", "3,1", "--train-seeds", "0", "--seeds", "2", "--threads", "1"])
+    assert list(curve["rows"]) == [1, 3] and all(len(rows) == 1 for rows in curve["rows"].values())
+    assert {f"context_{k}" for k in tag_benchmark.SCORES} <= set(curve["rows"][3][0])
+    assert (tmp_path / "curve" / "steps_curve.json").is_file()
