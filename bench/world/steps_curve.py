@@ -104,16 +104,11 @@ def run(args, say=print) -> dict:
         meta, model, clip, vae = scene_benchmark.load_world(args.world, glue)
         classifier = scene_benchmark.make_classifier(args, args.world)
         size = scene_benchmark.image_size(meta)
-        cache = {}
-
-        def encode(text):
-            if text not in cache:
-                cache[text] = clip.encode_from_tokens_scheduled(clip.tokenize(text))
-            return cache[text]
+        encode = tag_benchmark.prompt_encoder(clip)
 
         for character in tags.pick(args.split):
             b_ref, b_tgt = tag_benchmark.scenes_for(character)
-            noise = 2000 + tag_benchmark.index_of(character)  # the tag benchmark's noise: its rows pair with these
+            noise = tag_benchmark.noise_seed(character)  # the tag benchmark's noise: its rows pair with these
             references = tag_benchmark.references_for(character, max(refs), size)
             for n in refs:
                 for train_seed in train_seeds:
@@ -125,7 +120,7 @@ def run(args, say=print) -> dict:
                         patched = apply_node.apply(model, context, strength=1.0)[0]
                         latents = scene_benchmark.sample_batch(
                             patched, encode(prompt_for(b_tgt)), encode(prompt_for(b_ref)), args.seeds, size, noise,
-                            {"sampler": "euler", "scheduler": "simple", "sample_steps": 12, "cfg": 3.0})
+                            tag_benchmark.SAMPLER)
                         scored = scene_benchmark.score(classifier, latents, character, b_tgt, b_ref)
                         row = {"character": character.name, "n_refs": n, "train_seed": train_seed, "steps": count,
                                **{f"context_{k}": scored[k] for k in tag_benchmark.SCORES},

@@ -42,8 +42,29 @@ OUTFIT, ACCESSORY = list(ATTRIBUTES).index("outfit_colour"), list(ATTRIBUTES).in
 EDITS = ("edit_outfit", "edit_accessory")  # rows sampled with the context row's context
 
 
+# The benchmark's sampler (every row, and bench.world.steps_curve's, which pairs with its context row)
+SAMPLER = {"sampler": "euler", "scheduler": "simple", "sample_steps": 12, "cfg": 3.0}
+
+
 def index_of(character) -> int:
     return tags.ALL.index(character)
+
+
+def noise_seed(character) -> int:
+    """The sampling noise of every row of a character: rows, and runs, with the same noise pair sample by sample."""
+    return 2000 + index_of(character)
+
+
+def prompt_encoder(clip):
+    """``encode(text)``: the CLIP conditioning of a prompt, each text encoded once."""
+    cache = {}
+
+    def encode(text: str):
+        if text not in cache:
+            cache[text] = clip.encode_from_tokens_scheduled(clip.tokenize(text))
+        return cache[text]
+
+    return encode
 
 
 def scenes_for(character) -> tuple[str, str]:
@@ -149,21 +170,15 @@ def run(args, say=print) -> dict:
             say(f"note: this world is not ready (oracle {oracle_record.get('held_out')}): its figures say little")
         classifier = scene_benchmark.make_classifier(args, args.world)
         size = scene_benchmark.image_size(meta)
-        cache = {}
-
-        def encode(text):
-            if text not in cache:
-                cache[text] = clip.encode_from_tokens_scheduled(clip.tokenize(text))
-            return cache[text]
+        encode = prompt_encoder(clip)
 
         def draw(patched, positive, negative, seed):
-            return scene_benchmark.sample_batch(patched, encode(positive), encode(negative), args.seeds, size, seed,
-                                                {"sampler": "euler", "scheduler": "simple", "sample_steps": 12, "cfg": 3.0})
+            return scene_benchmark.sample_batch(patched, encode(positive), encode(negative), args.seeds, size, seed, SAMPLER)
 
         results, grid_rows = [], []
         for character in characters:
             b_ref, b_tgt = scenes_for(character)
-            noise = 2000 + index_of(character)
+            noise = noise_seed(character)
             negative = prompt_for(b_ref) if args.negative == "reference-scene" else ""
             full_tags, hair = attribute_tags(character.values), hair_tag(character.values)
             fixed_prompts = {"oracle": (tag_prompt(full_tags, b_tgt), ""), "plain": (prompt_for(b_tgt), negative)}
