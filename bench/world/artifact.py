@@ -2,6 +2,8 @@
 
     COMFYUI_PATH=... python -m bench.world.artifact pack --world bench/world/tags_cache --out tags_world.tar
     COMFYUI_PATH=... python -m bench.world.artifact unpack tags_world.tar --world bench/world/tags_cache
+    COMFYUI_PATH=... python -m bench.world.artifact store --world bench/world/tags_cache    # into main's history
+    COMFYUI_PATH=... python -m bench.world.artifact restore --world bench/world/tags_cache  # on a fresh machine
 
 A world folder is over a gigabyte, almost all of it weights nobody trained: the DiT file carries the demo set's
 random LLM adapter (135M parameters) and the text encoder is the demo set's random Qwen3. The artifact keeps what
@@ -19,16 +21,21 @@ import io
 import json
 import sys
 import tarfile
+import tempfile
 from pathlib import Path
 
 import torch
 
+from . import history_shelf
 from .build import DIT_FILE, TEXT_ENCODER_FILE, VAE_FILE, Builder, WorldConfig
 
 KEPT_AS_IS = (str(VAE_FILE), "classifier.pt", "world.json", "samples.png", "oracle.png", "data/dit_more.json",
               "data/dit_third.json", "data/dit_fourth.json")
 TRAINED = "dit_trained.safetensors"
 ADAPTER = "llm_adapter."
+REPO = Path(__file__).resolve().parents[2]
+# the tracked record of the tag world's artifact, kept in main's history (history_shelf) since only main survives a machine
+POINTER = REPO / "bench" / "world" / "tags_world.shelf.json"
 
 
 def _sha256(path: Path) -> str:
@@ -104,6 +111,25 @@ def unpack(artifact: Path, world: Path, say=print) -> Path:
     return world
 
 
+def store(world: Path, pointer: Path = POINTER, say=print, repo: Path = REPO) -> str:
+    """Pack ``world`` and keep the artifact in the history of ``repo``'s checked-out branch, found through ``pointer``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        packed = pack(world, Path(tmp) / "tags_world.tar", say=say)
+        head = history_shelf.shelve(repo, packed, pointer, f"World artifact: {Path(world).name} kept in the "
+                                    f"branch's history, outside its tree ({pointer.name} finds it)")
+    say(f"stored in commit {head}'s history; `restore` gives it back on a fresh clone")
+    return head
+
+
+def restore(world: Path, pointer: Path = POINTER, say=print, repo: Path = REPO) -> Path:
+    """The world ``pointer`` records, unpacked from ``repo``'s history into ``world``."""
+    if not Path(pointer).is_file():
+        raise RuntimeError(f"{pointer}: no world has been stored; build one (README) and `store` it")
+    with tempfile.TemporaryDirectory() as tmp:
+        packed = history_shelf.unshelve(repo, pointer, Path(tmp) / "tags_world.tar")
+        return unpack(packed, world, say=say)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.world.artifact", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -113,14 +139,23 @@ def main(argv=None) -> int:
     u = sub.add_parser("unpack", help="an artifact into a world folder")
     u.add_argument("artifact", type=Path)
     u.add_argument("--world", type=Path, required=True)
+    for name, text in (("store", "pack a world and keep it in this branch's history (a fresh clone carries it)"),
+                       ("restore", "the stored world, from this repository's history, into a world folder")):
+        c = sub.add_parser(name, help=text)
+        c.add_argument("--world", type=Path, required=True)
+        c.add_argument("--pointer", type=Path, default=POINTER, help="the tracked record of the stored artifact")
     args = parser.parse_args(argv)
     from .build import start_comfyui
 
     start_comfyui()
     if args.command == "pack":
         pack(args.world, args.out)
-    else:
+    elif args.command == "unpack":
         unpack(args.artifact, args.world)
+    elif args.command == "store":
+        store(args.world, args.pointer)
+    else:
+        restore(args.world, args.pointer)
     return 0
 
 
