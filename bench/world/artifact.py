@@ -123,7 +123,7 @@ def store(world: Path, pointer: Path = POINTER, say=print, repo: Path = REPO) ->
 
 def restore(world: Path, pointer: Path = POINTER, say=print, repo: Path = REPO) -> Path:
     """The world ``pointer`` records, unpacked from ``repo``'s history into ``world``."""
-    if not Path(pointer).is_file():
+    if not history_shelf.in_repo(repo, pointer).is_file():
         raise RuntimeError(f"{pointer}: no world has been stored; build one (README) and `store` it")
     with tempfile.TemporaryDirectory() as tmp:
         packed = history_shelf.unshelve(repo, pointer, Path(tmp) / "tags_world.tar")

@@ -29,6 +29,12 @@ def _git(repo: Path, *args: str, data: bytes | None = None) -> bytes:
     return done.stdout
 
 
+def in_repo(repo: Path, path: Path) -> Path:
+    """A path as given when absolute, else relative to the repository (not to the working directory)."""
+    path = Path(path)
+    return path if path.is_absolute() else Path(repo) / path
+
+
 def _part_names(name: str, count: int) -> list[str]:
     return [f"{name}.part{i:02d}" for i in range(count)]
 
@@ -50,7 +56,7 @@ def shelve(repo: Path, file: Path, pointer: Path, message: str, part_bytes: int 
                   ).decode().strip()
     record = {"commit": orphan, "name": file.name, "parts": names, "size": len(data),
               "sha256": hashlib.sha256(data).hexdigest()}
-    pointer_path = pointer if pointer.is_absolute() else repo / pointer
+    pointer_path = in_repo(repo, pointer)
     pointer_path.parent.mkdir(parents=True, exist_ok=True)
     pointer_path.write_text(json.dumps(record, indent=1) + "\n")
     _git(repo, "add", "--", str(pointer_path))
@@ -63,8 +69,9 @@ def shelve(repo: Path, file: Path, pointer: Path, message: str, part_bytes: int 
 
 
 def unshelve(repo: Path, pointer: Path, out: Path) -> Path:
-    """Write the file ``pointer`` records to ``out``, from ``repo``'s objects, checked against its sha256."""
-    record = json.loads(Path(pointer).read_text())
+    """Write the file ``pointer`` (a path in the repository) records to ``out``, from ``repo``'s objects, checked
+    against its sha256."""
+    record = json.loads(in_repo(repo, pointer).read_text())
     data = b"".join(_git(repo, "cat-file", "blob", f"{record['commit']}:{name}") for name in record["parts"])
     if len(data) != record["size"] or hashlib.sha256(data).hexdigest() != record["sha256"]:
         raise RuntimeError(f"the shelved {record['name']} in commit {record['commit']} is not the file {pointer} records")
