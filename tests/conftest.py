@@ -70,3 +70,23 @@ def comfyui():
 
     alias_core_module("comfy_glue")
     return Path(root)
+
+
+# A committer for the git repositories tests make (a CI machine may have no git identity).
+GIT_IDENTITY = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
+                "GIT_COMMITTER_EMAIL": "t@example.com"}
+
+
+@pytest.fixture
+def git_repo(tmp_path, monkeypatch):
+    """A git repository with one commit on ``main``, and a git identity in the environment for the test."""
+    import subprocess
+
+    for key, value in GIT_IDENTITY.items():
+        monkeypatch.setenv(key, value)
+    repo = tmp_path / "repo"
+    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
+    (repo / "README.md").write_text("hello\n")
+    for command in (["add", "README.md"], ["commit", "-q", "-m", "first"]):
+        subprocess.run(["git", "-C", str(repo), *command], check=True)
+    return repo

@@ -5,7 +5,6 @@ few-step smoke build produces a folder ComfyUI's loaders and the classifier read
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 
 import pytest
@@ -218,7 +217,7 @@ def test_a_later_dit_round_goes_on_from_the_one_before_and_a_remade_earlier_roun
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-def test_a_world_packs_into_a_small_artifact_and_unpacks_to_the_same_files(comfy, tmp_path, dtype):
+def test_a_world_packs_into_a_small_artifact_and_unpacks_to_the_same_files(comfy, tmp_path, dtype, git_repo):
     """The artifact keeps only what the build learnt; unpacking makes the random LLM adapter and text encoder
     again from their seeds, and the world it gives is the packed one tensor for tensor and byte for byte. A
     half-precision world (the tag world's) keeps its trained weights in float16 and its adapter in float32."""
@@ -241,17 +240,9 @@ def test_a_world_packs_into_a_small_artifact_and_unpacks_to_the_same_files(comfy
         assert (restored / name).read_bytes() == (out / name).read_bytes(), name
     classifier.load_classifier(restored)
     # kept in a branch's history (what survives a machine) and restored from a clone of it, the same world again
-    repo = tmp_path / "repo"
-    identity = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
-                "GIT_COMMITTER_EMAIL": "t@example.com"}
-    for command in (["init", "-q", "-b", "main", str(repo)], ["-C", str(repo), "commit", "-q", "--allow-empty", "-m", "0"]):
-        subprocess.run(["git", *command], check=True, env={**os.environ, **identity})
-    with pytest.MonkeyPatch.context() as env:
-        for key, value in identity.items():
-            env.setenv(key, value)
-        artifact.store(out, repo / "world.json", say=lambda _: None, repo=repo)
+    artifact.store(out, git_repo / "world.json", say=lambda _: None, repo=git_repo)
     clone = tmp_path / "clone"
-    subprocess.run(["git", "clone", "-q", "--single-branch", str(repo), str(clone)], check=True)
+    subprocess.run(["git", "clone", "-q", "--single-branch", str(git_repo), str(clone)], check=True)
     from_history = artifact.restore(tmp_path / "from_history", clone / "world.json", say=lambda _: None, repo=clone)
     for name in (build.DIT_FILE, build.TEXT_ENCODER_FILE, build.VAE_FILE, "classifier.pt", "world.json"):
         assert (from_history / name).read_bytes() == (out / name).read_bytes(), name

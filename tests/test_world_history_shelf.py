@@ -9,29 +9,13 @@ import pytest
 
 from bench.world import history_shelf
 
-GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@example.com"}
-
 
 def git(repo, *args):
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True,
-                          env={**os.environ, **GIT_ENV}).stdout.strip()
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout.strip()
 
 
-@pytest.fixture
-def repo(tmp_path, monkeypatch):
-    for key, value in GIT_ENV.items():
-        monkeypatch.setenv(key, value)
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    git(repo, "init", "-q", "-b", "main")
-    (repo / "README.md").write_text("hello\n")
-    git(repo, "add", "README.md")
-    git(repo, "commit", "-q", "-m", "first")
-    return repo
-
-
-def test_a_shelved_file_comes_back_from_a_fresh_clone_of_the_branch_and_is_in_no_tree(repo, tmp_path):
+def test_a_shelved_file_comes_back_from_a_fresh_clone_of_the_branch_and_is_in_no_tree(git_repo, tmp_path):
+    repo = git_repo
     payload = os.urandom(250_000)
     (tmp_path / "world.tar").write_bytes(payload)
     before = git(repo, "rev-parse", "HEAD")
@@ -54,7 +38,8 @@ def test_a_shelved_file_comes_back_from_a_fresh_clone_of_the_branch_and_is_in_no
     assert back.read_bytes() == payload
 
 
-def test_a_pointer_that_does_not_match_its_parts_is_refused(repo, tmp_path):
+def test_a_pointer_that_does_not_match_its_parts_is_refused(git_repo, tmp_path):
+    repo = git_repo
     (tmp_path / "world.tar").write_bytes(b"abc" * 1000)
     history_shelf.shelve(repo, tmp_path / "world.tar", "world.json", "Keep it")
     record = json.loads((repo / "world.json").read_text())
@@ -64,7 +49,8 @@ def test_a_pointer_that_does_not_match_its_parts_is_refused(repo, tmp_path):
         history_shelf.unshelve(repo, repo / "world.json", tmp_path / "out.tar")
 
 
-def test_shelving_refuses_when_something_else_is_staged(repo, tmp_path):
+def test_shelving_refuses_when_something_else_is_staged(git_repo, tmp_path):
+    repo = git_repo
     (tmp_path / "world.tar").write_bytes(b"x")
     (repo / "other.txt").write_text("staged\n")
     git(repo, "add", "other.txt")
