@@ -187,15 +187,17 @@ class AnimaFastTrainApplyContext:
                 "model": ("MODEL", {"tooltip": "The Anima model the context was trained on."}),
                 "context": (CONTEXT_TYPE, {"tooltip": "A context from the Train Context Tokens node."}),
                 "strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01,
-                                       "tooltip": "Scales what the tokens contribute. 1 is as trained; 0 leaves the model unchanged."}),
+                                       "tooltip": "Scales what the tokens contribute. 1 is as trained (apply_to 'auto' halves it for a "
+                                                  "context trained without a mask); 0 leaves the model unchanged."}),
             },
             "optional": {
                 "apply_to": (list(APPLY_TO_CHOICES), {
                     "default": DEFAULT_APPLY_TO,
-                    "tooltip": "Which prompt's rows get the tokens. 'both': guidance does not multiply their pull, so the "
-                               "prompt keeps its scene. 'positive' pulls harder: more of the character, and more of "
-                               "the references' background along with it. 'auto': 'positive' for a context trained "
-                               "with a mask and keep_background (its tokens hold no background), 'both' for others.",
+                    "tooltip": "Which prompt's rows get the tokens. 'auto': the positive prompt's, where guidance multiplies "
+                               "their pull as it does the prompt's words; a context trained without a mask at half its "
+                               "values (its tokens also hold the references' background), one trained with a mask and "
+                               "keep_background at full. 'positive' at full values pulls harder: more of the references' "
+                               "background too. 'both': guidance does not multiply their pull; the character comes through weaker.",
                 }),
                 "start_percent": ("FLOAT", {"default": DEFAULT_START_PERCENT, "min": 0.0, "max": 1.0, "step": 0.001,
                                             "tooltip": "Part of sampling where the tokens start to act (0 = the first step). "

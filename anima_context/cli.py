@@ -188,11 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--width", type=_multiple_of_16, default=1024, help="image width, a multiple of 16 (default: 1024).")
     sample.add_argument("--height", type=_multiple_of_16, default=1024, help="image height, a multiple of 16 (default: 1024).")
     sample.add_argument("--strength", type=float, default=1.0,
-                        help="scales what the tokens contribute: 1 as trained, 0 renders the plain model's image (default: 1).")
+                        help="scales what the tokens contribute: 1 as trained (--apply-to auto halves it for a context trained "
+                             "without a mask), 0 renders the plain model's image (default: 1).")
     sample.add_argument("--apply-to", choices=APPLY_TO_CHOICES, default=DEFAULT_APPLY_TO,
-                        help=f"which prompt's rows get the tokens (default: {DEFAULT_APPLY_TO}: positive for a context trained with "
-                             "a mask and --keep-background, both for others; both keeps guidance from multiplying their "
-                             "pull, positive pulls harder and brings more of the references' background).")
+                        help=f"which prompt's rows get the tokens (default: {DEFAULT_APPLY_TO}: the positive prompt's, at half the "
+                             "tokens' values for a context trained without a mask, at full values for one trained with a mask and "
+                             "--keep-background; positive at full values pulls harder and brings more of the references' "
+                             "background; both keeps guidance from multiplying their pull).")
     sample.add_argument("--start-percent", type=_percent, default=DEFAULT_START_PERCENT,
                         help=f"part of sampling where the tokens start to act (default: {DEFAULT_START_PERCENT}: the prompt "
                              "lays out the scene first).")

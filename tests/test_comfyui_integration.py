@@ -276,8 +276,11 @@ def test_dtype_fallbacks_on_devices_that_lack_the_dtype(comfyui, monkeypatch):
 
 
 def test_apply_to_auto_follows_how_the_context_was_trained(pack, anima, trained):
-    """The default: both prompts' rows from 10% of sampling for a plain context, the positive rows for one
-    trained with a mask and keep_background (its tokens hold no background), through the sampler with CFG."""
+    """The default: the positive rows from 10% of sampling, at half the tokens' values for a plain context (they
+    also hold the references' scene) and at full values for one trained with a mask and keep_background, through
+    the sampler with CFG."""
+    from anima_context.patch import AUTO_PLAIN_SCALE
+
     context, _, _ = trained
     held_off = type(context)(context.tokens, {**context.metadata, "masked": True, "keep_background": 1.0})
     clip = FakeAnimaClip()
@@ -285,13 +288,18 @@ def test_apply_to_auto_follows_how_the_context_was_trained(pack, anima, trained)
     apply = pack.NODE_CLASS_MAPPINGS["AnimaFastTrainApplyContext"]()
     with torch.inference_mode():
         (plain_default,) = apply.apply(anima, context, 1.0)
-        (plain_both,) = apply.apply(anima, context, 1.0, "both", 0.1)
+        (plain_scaled,) = apply.apply(anima, context, AUTO_PLAIN_SCALE, "positive", 0.1)
+        (plain_full,) = apply.apply(anima, context, 1.0, "positive", 0.1)
         (held_default,) = apply.apply(anima, held_off, 1.0)
         (held_positive,) = apply.apply(anima, held_off, 1.0, "positive", 0.1)
-    both_rows, positive_rows = _sample(plain_both, positive, negative), _sample(held_positive, positive, negative)
-    assert torch.equal(_sample(plain_default, positive, negative), both_rows)
-    assert torch.equal(_sample(held_default, positive, negative), positive_rows)
-    assert (both_rows - positive_rows).abs().max() > 1e-5
+        (held_strength,) = apply.apply(anima, held_off, 0.7)
+        (held_strength_positive,) = apply.apply(anima, held_off, 0.7, "positive", 0.1)
+    scaled_rows, full_rows = _sample(plain_scaled, positive, negative), _sample(held_positive, positive, negative)
+    assert torch.equal(_sample(plain_default, positive, negative), scaled_rows)
+    assert torch.equal(_sample(held_default, positive, negative), full_rows)
+    assert torch.equal(_sample(held_strength, positive, negative), _sample(held_strength_positive, positive, negative))
+    assert torch.equal(_sample(plain_full, positive, negative), full_rows)  # the same tokens: only the scale differs
+    assert (scaled_rows - full_rows).abs().max() > 1e-5
 
 
 def test_percent_range_and_block_selection_steer_the_context(pack, anima, trained):

@@ -3,7 +3,7 @@ import torch
 from tiny_anima import make_tiny_setup
 
 from anima_context.errors import InvalidSettingError
-from anima_context.patch import ContextTokenPatch, parse_block_selection, rows_for
+from anima_context.patch import AUTO_PLAIN_SCALE, ContextTokenPatch, parse_block_selection, resolve_apply_to
 
 
 def _options(*patches, **extra):
@@ -43,18 +43,19 @@ def test_apply_to_picks_rows_by_cond_or_uncond(apply_to, expected_rows):
 
 
 @pytest.mark.parametrize(
-    "metadata, rows",
-    [({}, "both"),  # a context saved before these keys existed
-     ({"masked": False, "keep_background": 0.0}, "both"),
-     ({"masked": True, "keep_background": 0.0}, "both"),  # masked, but its tokens were free to learn the background
-     ({"masked": True, "keep_background": 1.0}, "positive")],
+    "metadata, scale",
+    [({}, AUTO_PLAIN_SCALE),  # a context saved before these keys existed
+     ({"masked": False, "keep_background": 0.0}, AUTO_PLAIN_SCALE),
+     ({"masked": True, "keep_background": 0.0}, AUTO_PLAIN_SCALE),  # masked, but its tokens were free to learn the background
+     ({"masked": True, "keep_background": 1.0}, 1.0)],
 )
-def test_auto_puts_tokens_held_off_the_background_in_the_positive_rows_only(metadata, rows):
-    assert rows_for("auto", metadata) == rows
-    for chosen in ("positive", "negative", "both"):  # a choice the user made stands
-        assert rows_for(chosen, {"masked": True, "keep_background": 1.0}) == chosen
+def test_auto_puts_the_tokens_in_the_positive_rows_at_less_pull_where_they_hold_the_background(metadata, scale):
+    assert resolve_apply_to("auto", metadata) == ("positive", scale)
+    assert 0 < AUTO_PLAIN_SCALE < 1
+    for chosen in ("positive", "negative", "both"):  # a choice the user made stands, at the strength they chose
+        assert resolve_apply_to(chosen, metadata) == (chosen, 1.0)
     with pytest.raises(InvalidSettingError, match="apply_to must be one of auto, positive"):
-        rows_for("cond", metadata)
+        resolve_apply_to("cond", metadata)
 
 
 def test_to_follows_devices_and_ignores_dtypes():

@@ -11,7 +11,7 @@ import torch
 
 from ..context import ReferenceContext
 from ..errors import InvalidSettingError
-from ..patch import ContextTokenPatch, block_weights, check_sampling_range, rows_for
+from ..patch import ContextTokenPatch, block_weights, check_sampling_range, resolve_apply_to
 from ..regions import ContextRegion
 from .architecture import anima_geometry
 from .regions import restrict_to_region
@@ -34,8 +34,8 @@ def apply_reference_context(model, context: ReferenceContext, strength: float, a
         sampling = model.get_model_object("model_sampling")
         sigma_range = (float(sampling.percent_to_sigma(start_percent)), float(sampling.percent_to_sigma(end_percent)))
     patched = model.clone()
-    rows = rows_for(apply_to, context.metadata)
-    patched.set_model_attn2_patch(ContextTokenPatch(context.tokens, strength=strength, apply_to=rows,
+    rows, scale = resolve_apply_to(apply_to, context.metadata)
+    patched.set_model_attn2_patch(ContextTokenPatch(context.tokens, strength=strength * scale, apply_to=rows,
                                                     sigma_range=sigma_range, block_weights=weights, region=region))
     if region is not None:
         restrict_to_region(patched, region)
