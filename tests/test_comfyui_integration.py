@@ -294,10 +294,14 @@ def test_apply_to_auto_follows_how_the_context_was_trained(pack, anima, trained)
         (held_positive,) = apply.apply(anima, held_off, 1.0, "positive", 0.1)
         (held_strength,) = apply.apply(anima, held_off, 0.7)
         (held_strength_positive,) = apply.apply(anima, held_off, 0.7, "positive", 0.1)
+        (plain_strength,) = apply.apply(anima, context, 0.6)  # the user's strength multiplies auto's factor
+        (plain_strength_positive,) = apply.apply(anima, context, 0.6 * AUTO_PLAIN_SCALE, "positive", 0.1)
     scaled_rows, full_rows = _sample(plain_scaled, positive, negative), _sample(held_positive, positive, negative)
     assert torch.equal(_sample(plain_default, positive, negative), scaled_rows)
     assert torch.equal(_sample(held_default, positive, negative), full_rows)
     assert torch.equal(_sample(held_strength, positive, negative), _sample(held_strength_positive, positive, negative))
+    assert torch.equal(_sample(plain_strength, positive, negative), _sample(plain_strength_positive, positive, negative))
+    assert (_sample(plain_strength, positive, negative) - scaled_rows).abs().max() > 1e-5
     assert torch.equal(_sample(plain_full, positive, negative), full_rows)  # the same tokens: only the scale differs
     assert (scaled_rows - full_rows).abs().max() > 1e-5
 
